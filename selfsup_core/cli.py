@@ -1,0 +1,207 @@
+"""``selfsup-run``: train from a config, list components, show a resolved config.
+
+``--help`` and ``list`` import neither torch nor any component module. Every error meant
+for the user ends the command with one line per problem and exit status 2; ``--debug`` (or
+``SELFSUP_DEBUG=1``) shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from . import plugins as _plugins
+from . import registry as _registry
+from .errors import SelfSupError
+
+COMMANDS = ("train", "list", "show-config")
+EXIT_USAGE = 2
+
+_DESCRIPTION = """\
+selfsup: self-supervised pre-training of vision backbones, composed from TOML configs.
+
+  selfsup-run CONFIG [--cfg-options KEY=VALUE ...] [--work-dir DIR] [--check]
+  selfsup-run list [KIND] [--verbose] [--json]
+  selfsup-run show-config CONFIG [--cfg-options KEY=VALUE ...]
+"""
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", metavar="CONFIG", help="a TOML config file")
+    parser.add_argument(
+        "--cfg-options",
+        "--set",
+        dest="cfg_options",
+        metavar="KEY=VALUE",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="override config keys, e.g. model.backbone.depth=18 optimizer.lr=0.3 (values are TOML)",
+    )
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfsup-run", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"selfsup-core {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train from CONFIG (the default command: 'selfsup-run CONFIG')")
+    _add_config_arguments(train)
+    train.add_argument("--work-dir", metavar="DIR", help="where checkpoints and logs go")
+    train.add_argument("--check", action="store_true", help="validate the config and build the model, then stop")
+
+    listing = commands.add_parser("list", help="list installed components and broken plugins")
+    listing.add_argument("kind", nargs="?", metavar="KIND", help=f"one of: {', '.join(_registry.KINDS)}")
+    listing.add_argument("--verbose", "-v", action="store_true", help="also import each component to check it")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    show = commands.add_parser("show-config", help="print the fully resolved config as TOML")
+    _add_config_arguments(show)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in args_list if a != "--debug"), None)
+    if first is not None and not first.startswith("-") and first not in COMMANDS:
+        args_list.insert(args_list.index(first), "train")
+    parser = make_parser()
+    args = parser.parse_args(args_list)
+    debug = args.debug or os.environ.get("SELFSUP_DEBUG", "") not in ("", "0")
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    handler = {"train": _train, "list": _list, "show-config": _show_config}[args.command]
+    try:
+        return handler(args)
+    except SelfSupError as exc:
+        if debug:
+            raise
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# -- commands -----------------------------------------------------------------------------
+def _load(args: argparse.Namespace) -> Any:
+    from .config import load_config
+
+    config = load_config(args.config, args.cfg_options)
+    _plugins.get_plugin_manager().hook.selfsup_process_config(config=config)
+    return config
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .build import build_model, validate
+
+    config = _load(args)
+    validate(config)
+    if not args.check:
+        raise SelfSupError(
+            f"{config.filename}: training needs the trainer (selfsup_core.engine), which this version of "
+            "selfsup-core does not ship yet; add --check to validate the config and build the model"
+        )
+    model = build_model(config)
+    line = f"{config.filename}: OK, model {config.data['model']['type']}"
+    parameters = getattr(model, "parameters", None)
+    if callable(parameters):
+        tensors = list(parameters())
+        total = sum(p.numel() for p in tensors)
+        trainable = sum(p.numel() for p in tensors if p.requires_grad)
+        line += f" with {total:,} parameters ({trainable:,} trainable)"
+    print(line)
+    return 0
+
+
+def _show_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    sys.stdout.write(f"# resolved from {config.filename}\n{config.to_toml()}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    kinds = [_registry.canonical_kind(args.kind)] if args.kind else list(_registry.KINDS)
+    registries = _registry.current()
+    report: dict[str, Any] = {"kinds": {}, "broken_plugins": []}
+    for kind in kinds:
+        rows = []
+        components = registries[kind].components()
+        counts: dict[str, int] = {}
+        for component in components:
+            counts[component.name] = counts.get(component.name, 0) + 1
+        for component in components:
+            error = _component_error(component, args.verbose)
+            rows.append(
+                {
+                    "name": component.name,
+                    "dist": component.dist,
+                    "version": component.version,
+                    "target": component.target,
+                    "duplicate": counts[component.name] > 1,
+                    "error": error,
+                }
+            )
+        report["kinds"][kind] = rows
+    for broken in _plugins.get_plugin_manager().broken:
+        report["broken_plugins"].append({"name": broken.name, "provider": broken.provider, "error": str(broken)})
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_listing(report, args.verbose)
+    return 0
+
+
+def _component_error(component: _registry.Component, verbose: bool) -> str | None:
+    """Why a component cannot be used, or None. Without ``verbose`` only metadata and
+    module locations are checked (nothing is imported)."""
+    if component.error is None and verbose:
+        try:
+            component.load()
+        except SelfSupError:
+            pass
+    if component.error is not None:
+        from .errors import describe_exception
+
+        return describe_exception(component.error)
+    module = component.target.partition(":")[0]
+    top = module.split(".")[0]
+    if module and top.isidentifier() and importlib.util.find_spec(top) is None:
+        return f"module {top!r} is not installed"
+    return None
+
+
+def _print_listing(report: dict[str, Any], verbose: bool) -> None:
+    for kind, rows in report["kinds"].items():
+        print(f"{kind} ({_registry.KINDS[kind]}): {len(rows)}")
+        if not rows:
+            print("  (none installed)")
+        width = max((len(r["name"]) for r in rows), default=0)
+        for row in rows:
+            provider = f"{row['dist']} {row['version']}".strip()
+            line = f"  {row['name']:<{width}}  {provider}"
+            if verbose:
+                line += f"  [{row['target']}]"
+            if row["duplicate"]:
+                line += f"  (duplicate name: use type = \"{row['dist']}:{row['name']}\")"
+            if row["error"]:
+                line += f"  BROKEN: {row['error']}"
+            print(line)
+    if report["broken_plugins"]:
+        print("broken plugins:")
+        for broken in report["broken_plugins"]:
+            print(f"  {broken['error']}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

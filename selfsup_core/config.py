@@ -1,0 +1,361 @@
+"""TOML configs: loading, ``_base_`` inheritance, ``_delete_``, dotted overrides, dumping.
+
+Vocabulary (MMSelfSup 0.x, in TOML):
+
+* ``_base_ = "a.toml"`` or ``_base_ = ["a.toml", "b.toml"]`` at the top of a file inherits
+  from those files (paths relative to the file naming them; bases may have bases). Bases
+  are merged in order and may not define the same top-level key; the file's own tables are
+  then merged onto the result key by key.
+* ``_delete_ = true`` inside a table replaces the inherited table instead of merging.
+* Overrides ``a.b=1 c.0.d="x"``: dotted keys, list items by index, values parsed as TOML
+  values (a bare word that is not valid TOML is taken as a string).
+
+Every key remembers the file it came from, so that errors point at the right file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import attrs
+
+from ._compat import tomllib
+from .errors import ConfigError, Problem, describe_exception
+
+BASE_KEY = "_base_"
+DELETE_KEY = "_delete_"
+OVERRIDE_ORIGIN = "--cfg-options"
+
+KeyPath = tuple[Union[str, int], ...]
+_MISSING: Any = object()
+
+
+def format_key(path: Iterable[str | int]) -> str:
+    """``("model", "pipelines", 0, "type")`` -> ``"model.pipelines.0.type"``."""
+    return ".".join(str(p) for p in path)
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A file name as errors show it: relative to the working directory when inside it."""
+    absolute = os.path.abspath(path)
+    relative = os.path.relpath(absolute)
+    return absolute if relative.startswith("..") else relative
+
+
+@attrs.define
+class Config:
+    """A resolved config: plain TOML data plus the file each key came from."""
+
+    data: dict[str, Any]
+    filename: str = "<config>"
+    origins: dict[KeyPath, str] = attrs.field(factory=dict, repr=False)
+
+    def origin(self, path: Sequence[str | int]) -> str:
+        """The file that set ``path`` (or its nearest ancestor that has a record)."""
+        key = tuple(path)
+        while key:
+            if key in self.origins:
+                return self.origins[key]
+            key = key[:-1]
+        return self.filename
+
+    def problem(self, path: Sequence[str | int], message: str) -> Problem:
+        """A :class:`Problem` about ``path``, naming the file it came from."""
+        return Problem(message, self.origin(path), format_key(path))
+
+    def get(self, path: str | Sequence[str | int], default: Any = _MISSING) -> Any:
+        """The value at a dotted path (``"model.backbone.depth"``) or key sequence."""
+        node: Any = self.data
+        for part in _split(path):
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                if default is _MISSING:
+                    raise KeyError(format_key(_split(path))) from None
+                return default
+        return node
+
+    def set(self, path: str | Sequence[str | int], value: Any, *, origin: str = OVERRIDE_ORIGIN) -> None:
+        """Set a value, creating tables on the way; ``origin`` is recorded for error messages."""
+        keys = _split(path)
+        problem = _assign(self.data, keys, value)
+        if problem:
+            raise ConfigError(Problem(problem, origin, format_key(keys)))
+        _record(self.origins, keys, value, origin)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.data
+
+    def to_toml(self) -> str:
+        """The resolved config as TOML (no ``_base_``: everything inherited is spelled out)."""
+        return dump_toml(self.data)
+
+
+def _split(path: str | Sequence[str | int]) -> KeyPath:
+    if isinstance(path, str):
+        return tuple(int(p) if p.isdigit() else p for p in path.split("."))
+    return tuple(path)
+
+
+# -- loading ------------------------------------------------------------------------------
+def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Config:
+    """Load a TOML config with its ``_base_`` chain and apply ``overrides`` (``"a.b=1"``)."""
+    data, origins = _load(Path(path), ())
+    config = Config(data, display_path(path), origins)
+    apply_overrides(config, overrides)
+    return config
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse one TOML file; a syntax error names the file, line, column and line text."""
+    shown = display_path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found ({os.path.abspath(path)})", file=shown) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file: {describe_exception(exc)}", file=shown) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        where = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        message = str(exc)
+        if where:
+            line_no = int(where.group(1))
+            lines = text.splitlines()
+            shown = f"{shown}:{line_no}:{where.group(2)}"
+            message = message[: where.start()].strip()
+            if 0 < line_no <= len(lines):
+                message += f" in line {lines[line_no - 1].strip()!r}"
+        raise ConfigError(f"invalid TOML: {message}", file=shown) from None
+
+
+def _load(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[KeyPath, str]]:
+    shown = display_path(path)
+    data = read_toml(path)
+    bases = data.pop(BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError("must be a path or a list of paths to TOML files", file=shown, key=BASE_KEY)
+    merged: dict[str, Any] = {}
+    origins: dict[KeyPath, str] = {}
+    defined_in: dict[str, str] = {}
+    here = path.resolve()
+    for index, base in enumerate(bases):
+        key = BASE_KEY if len(bases) == 1 else f"{BASE_KEY}.{index}"
+        base_path = (path.parent / base).resolve()
+        if base_path == here or base_path in chain:
+            cycle = " -> ".join(display_path(p) for p in (*chain, here, base_path))
+            raise ConfigError(f"_base_ files include each other in a cycle: {cycle}", file=shown, key=key)
+        if not base_path.is_file():
+            raise ConfigError(
+                f"base file {base!r} not found (looked for {base_path}); "
+                "_base_ paths are relative to the file that names them",
+                file=shown,
+                key=key,
+            )
+        base_data, base_origins = _load(base_path, (*chain, here))
+        for top in base_data:
+            if top in defined_in:
+                raise ConfigError(
+                    f"defined in two bases, {defined_in[top]} and {display_path(base_path)}; "
+                    "keep it in one base, or set it in this file",
+                    file=shown,
+                    key=top,
+                )
+            defined_in[top] = display_path(base_path)
+        merged.update(base_data)
+        origins.update(base_origins)
+    _merge(merged, data, (), origins, shown)
+    return merged, origins
+
+
+def _merge(base: dict[str, Any], child: Mapping[str, Any], path: KeyPath, origins: dict[KeyPath, str], file: str) -> None:
+    for key, value in child.items():
+        here = (*path, key)
+        if isinstance(value, dict):
+            value = dict(value)
+            replace = value.pop(DELETE_KEY, False)
+            if not isinstance(replace, bool):
+                raise ConfigError("must be true or false", file=file, key=format_key((*here, DELETE_KEY)))
+            if not replace and key in base:
+                if isinstance(base[key], dict):
+                    origins[here] = file
+                    _merge(base[key], value, here, origins, file)
+                    continue
+                raise ConfigError(
+                    f"is a table here but a {_toml_type(base[key])} in {origins.get(here, 'a base file')}; "
+                    f"set {DELETE_KEY} = true in this table to replace it",
+                    file=file,
+                    key=format_key(here),
+                )
+        for old in [k for k in origins if k[: len(here)] == here]:
+            del origins[old]
+        base[key] = _strip_delete(value)
+        _record(origins, here, base[key], file)
+
+
+def _strip_delete(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_delete(v) for k, v in value.items() if k != DELETE_KEY}
+    if isinstance(value, list):
+        return [_strip_delete(v) for v in value]
+    return value
+
+
+def _record(origins: dict[KeyPath, str], path: KeyPath, value: Any, file: str) -> None:
+    origins[path] = file
+    for sub, _ in _walk(value, path):
+        origins[sub] = file
+
+
+def _walk(value: Any, path: KeyPath) -> Iterator[tuple[KeyPath, Any]]:
+    items: Iterable[tuple[Any, Any]] = ()
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    for key, sub in items:
+        yield (*path, key), sub
+        yield from _walk(sub, (*path, key))
+
+
+def _toml_type(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+# -- overrides ------------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[KeyPath, Any]:
+    """``"model.backbone.depth=18"`` -> ``(("model", "backbone", "depth"), 18)``.
+
+    Values parse as TOML (``1``, ``0.5``, ``true``, ``"text"``, ``[1, 2]``, ``{a = 1}``); a bare
+    word that is not valid TOML (``ResNet``) is taken as a string. Raises ``ValueError`` with
+    the reason.
+    """
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep:
+        raise ValueError("expected KEY=VALUE, e.g. optimizer.lr=0.3")
+    if not key or any(not part for part in key.split(".")):
+        raise ValueError("the key is empty or has an empty part between dots")
+    if not raw:
+        raise ValueError('the value is empty; give a TOML value, e.g. name="" for an empty string')
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        if raw[0] in "[{\"'" or not re.fullmatch(r"[\w./:+-]+", raw):
+            raise ValueError(f"{raw!r} is not a valid TOML value ({exc})") from None
+        value = raw
+    return _split(key), value
+
+
+def apply_overrides(config: Config, overrides: Iterable[str]) -> None:
+    """Apply ``KEY=VALUE`` overrides in order; all bad ones are reported together."""
+    problems = []
+    for text in overrides:
+        try:
+            keys, value = parse_override(text)
+        except ValueError as exc:
+            problems.append(Problem(f"bad {OVERRIDE_ORIGIN} {text!r}: {exc}", config.filename))
+            continue
+        problem = _assign(config.data, keys, value)
+        if problem:
+            problems.append(Problem(f"bad {OVERRIDE_ORIGIN} {text!r}: {problem}", config.filename, format_key(keys)))
+        else:
+            _record(config.origins, keys, value, OVERRIDE_ORIGIN)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _assign(data: dict[str, Any], keys: KeyPath, value: Any) -> str | None:
+    """Set ``data[keys...] = value``; return why it cannot be done, or None."""
+    node: Any = data
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = format_key(keys[:depth]) or "the config"
+        if isinstance(node, list):
+            if not isinstance(key, int):
+                return f"{where} is an array; index it with a number, not {key!r}"
+            if not -len(node) <= key < len(node):
+                return f"index {key} is out of range ({where} has {len(node)} items)"
+        elif isinstance(node, dict):
+            key = str(key)
+            if not last and key not in node:
+                node[key] = {}
+        else:
+            return f"{where} is a {_toml_type(node)}, not a table or array"
+        if last:
+            node[key] = value
+        else:
+            node = node[key]
+    return None
+
+
+# -- dumping --------------------------------------------------------------------------------
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def dump_toml(data: Mapping[str, Any]) -> str:
+    """Serialise plain config data (tables, arrays, strings, numbers, booleans) as TOML."""
+    lines: list[str] = []
+    _emit_table(lines, data, ())
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _emit_table(lines: list[str], table: Mapping[str, Any], path: tuple[str, ...]) -> None:
+    nested = []
+    for key, value in table.items():
+        if isinstance(value, dict) or _is_table_array(value):
+            nested.append((key, value))
+        else:
+            lines.append(f"{_key(key)} = {_value(value)}")
+    for key, value in nested:
+        header = ".".join(_key(k) for k in (*path, key))
+        if isinstance(value, dict):
+            lines += ["", f"[{header}]"]
+            _emit_table(lines, value, (*path, key))
+        else:
+            for item in value:
+                lines += ["", f"[[{header}]]"]
+                _emit_table(lines, item, (*path, key))
+
+
+def _key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + "}"
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"cannot write a {type(value).__name__} ({value!r}) as a TOML value")

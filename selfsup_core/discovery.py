@@ -1,0 +1,107 @@
+"""Entry-point discovery: which installed distributions provide selfsup components and plugins.
+
+One pass over the installed distributions reads their entry-point metadata (no plugin code
+is imported). Environment switches:
+
+``SELFSUP_DISABLE_PLUGIN_AUTOLOAD=1``
+    discover nothing: no component entry points and no ``selfsup.plugins``; only what is
+    registered in-process is available (hermetic tests, debugging a broken install).
+``SELFSUP_DISABLE_PLUGINS=name[,name...]``
+    skip the named distributions (all their entry points) and the named entry points of the
+    ``selfsup.plugins`` group. Names compare after PEP 503 normalisation.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._compat import importlib_metadata
+
+ENV_DISABLE_AUTOLOAD = "SELFSUP_DISABLE_PLUGIN_AUTOLOAD"
+ENV_DISABLE_PLUGINS = "SELFSUP_DISABLE_PLUGINS"
+GROUP_PREFIX = "selfsup."
+PLUGIN_GROUP = "selfsup.plugins"
+
+
+@attrs.frozen
+class EntryPointInfo:
+    """One entry point with the distribution that declares it."""
+
+    group: str
+    name: str
+    value: str
+    dist: str
+    version: str
+    entry_point: Any = attrs.field(eq=False, repr=False)
+
+    @property
+    def provider(self) -> str:
+        """``"distribution version"``, as shown in listings and errors."""
+        return f"{self.dist} {self.version}"
+
+    def load(self) -> Any:
+        """Import the module and return the object the entry point names."""
+        return self.entry_point.load()
+
+
+def normalize_name(name: str) -> str:
+    """PEP 503 normalisation: ``Selfsup_Models`` and ``selfsup.models`` are ``selfsup-models``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _env_flag(name: str, environ: Mapping[str, str]) -> bool:
+    return environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def autoload_disabled(environ: Mapping[str, str] | None = None) -> bool:
+    """True when ``SELFSUP_DISABLE_PLUGIN_AUTOLOAD`` is set to a true value."""
+    return _env_flag(ENV_DISABLE_AUTOLOAD, os.environ if environ is None else environ)
+
+
+def disabled_names(environ: Mapping[str, str] | None = None) -> frozenset[str]:
+    """The normalised names listed in ``SELFSUP_DISABLE_PLUGINS``."""
+    raw = (os.environ if environ is None else environ).get(ENV_DISABLE_PLUGINS, "")
+    return frozenset(normalize_name(n.strip()) for n in raw.split(",") if n.strip())
+
+
+def scan_entry_points(
+    prefix: str = GROUP_PREFIX, path: list[str] | None = None
+) -> dict[str, list[EntryPointInfo]]:
+    """Map each entry-point group starting with ``prefix`` to its entry points.
+
+    ``path`` limits the scan to distributions found on those directories (default:
+    ``sys.path``).
+
+    Distributions are visited in ``sys.path`` order; a second copy of the metadata of a
+    distribution already seen (stale egg-info beside a wheel, an editable install shadowing a
+    regular one) is skipped, so one distribution never conflicts with itself. Honours the
+    environment switches described in the module docstring.
+    """
+    found: dict[str, list[EntryPointInfo]] = {}
+    if autoload_disabled():
+        return found
+    disabled = disabled_names()
+    seen: set[str] = set()
+    search = {} if path is None else {"path": list(path)}
+    for dist in importlib_metadata.distributions(**search):
+        name = dist.metadata["Name"]
+        if not name:
+            continue
+        key = normalize_name(name)
+        if key in seen:
+            continue
+        seen.add(key)
+        if key in disabled:
+            continue
+        for ep in dist.entry_points:
+            if not ep.group.startswith(prefix):
+                continue
+            if ep.group == PLUGIN_GROUP and normalize_name(ep.name) in disabled:
+                continue
+            info = EntryPointInfo(ep.group, ep.name, ep.value, name, dist.version, ep)
+            found.setdefault(ep.group, []).append(info)
+    return found

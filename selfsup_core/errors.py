@@ -1,0 +1,88 @@
+"""Errors meant for the user.
+
+Every error here is a :class:`SelfSupError`: its message is complete and final, the CLI
+prints it as it is (one line per problem) and exits with status 2. A problem found in a
+config names the file it came from and the dotted key path inside it, e.g.::
+
+    simclr.toml: model.neck.hid_channel: unknown argument of NonLinearNeck (selfsup-models 0.1.0); did you mean 'hid_channels'?
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+import attrs
+
+
+class SelfSupError(Exception):
+    """Base class of the errors that end a command with a message instead of a traceback."""
+
+
+@attrs.frozen
+class Problem:
+    """One thing wrong with a config: what, in which file, under which dotted key."""
+
+    message: str
+    file: str | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        return ": ".join(part for part in (self.file, self.key, self.message) if part)
+
+
+class ConfigError(SelfSupError):
+    """A config cannot be loaded, merged, validated or built; lists every problem found."""
+
+    def __init__(
+        self,
+        problems: str | Problem | Iterable[Problem],
+        *,
+        file: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        if isinstance(problems, str):
+            problems = [Problem(problems, file, key)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UnknownComponentError(SelfSupError, LookupError):
+    """No component of ``kind`` is called ``name``."""
+
+    def __init__(self, kind: str, name: str, known: Iterable[str], hint: str = "") -> None:
+        self.kind, self.name = kind, name
+        message = f"unknown {kind} type {name!r}{did_you_mean(name, known)}"
+        message += hint or f" (run 'selfsup-run list {kind}' to see what is installed)"
+        super().__init__(message)
+
+
+class DuplicateComponentError(SelfSupError):
+    """Two distributions provide a component of the same kind under the same name."""
+
+    def __init__(self, kind: str, name: str, providers: Iterable[str], hint: str = "") -> None:
+        self.kind, self.name = kind, name
+        self.providers = tuple(providers)
+        super().__init__(f"{kind} {name!r} is provided by {' and by '.join(self.providers)}{hint}")
+
+
+class PluginLoadError(SelfSupError):
+    """A plugin or component failed to import; the original exception is chained as ``__cause__``."""
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """Return ``"; did you mean 'x'?"`` for the closest candidate, or an empty string."""
+    pool = list(candidates)
+    matches = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
+    if not matches:
+        lowered = {c.lower(): c for c in pool}
+        matches = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+        matches = [lowered[m] for m in matches]
+    return f"; did you mean {matches[0]!r}?" if matches else ""
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``"TypeName: message"`` on one line, for embedding an exception in a message."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

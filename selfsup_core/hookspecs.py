@@ -1,0 +1,114 @@
+"""The hooks selfsup calls, as pluggy specifications (project name ``"selfsup"``).
+
+A plugin is any object or module with functions named after these specs. Install it with an
+entry point in the ``selfsup.plugins`` group (it is then registered for every run), or
+configure it as a trainer hook in a ``[[hooks]]`` table (registered for that run only).
+Marking implementations with :data:`hookimpl` is optional; it is needed only for pluggy's
+options (``tryfirst``, ``trylast``, ``wrapper``).
+
+Call order: implementations of one hook run from the most recently registered plugin to the
+first one; ``tryfirst=True`` moves an implementation before all others and ``trylast=True``
+after them. Plugins from entry points are registered first (sorted by entry-point name),
+then the run's ``[[hooks]]`` in reverse config order, so that configured hooks run first and
+in the order the config lists them.
+
+Lifecycle of a run: ``selfsup_before_run``; for each epoch ``selfsup_before_epoch``, for each
+iteration ``selfsup_before_iter`` then ``selfsup_after_iter``, then ``selfsup_after_epoch``;
+finally ``selfsup_after_run``. If an exception escapes the loop, ``selfsup_on_exception`` is
+called instead of ``selfsup_after_run`` and the exception is re-raised.
+
+Names must not import heavy modules at import time: plugins are loaded by ``selfsup-run
+list`` and ``--help``, which do not import torch.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .config import Config
+
+hookspec = pluggy.HookspecMarker("selfsup")
+hookimpl = pluggy.HookimplMarker("selfsup")
+
+
+class Register(Protocol):
+    """The callback ``selfsup_register_components`` receives."""
+
+    def __call__(self, kind: str, name: str, obj: Any) -> None:
+        """Provide component ``name`` of ``kind`` (``"backbones"``, ``"algorithms"``, ...).
+
+        ``obj`` is the class or factory, or a ``"package.module:attr"`` string imported only
+        when a config uses the name.
+        """
+
+
+@hookspec
+def selfsup_register_components(register: Register) -> None:
+    """Register components in bulk, e.g. one backbone per variant of a model family.
+
+    Called once per process, the first time a registry is used, for every plugin installed
+    in ``selfsup.plugins``. The components are attributed to the plugin's distribution and
+    take part in duplicate detection exactly like entry-point components. For a fixed set of
+    names, prefer plain entry points: they are listed without importing the plugin.
+    """
+
+
+@hookspec
+def selfsup_process_config(config: Config) -> None:
+    """Adjust a loaded config in place before it is validated and built.
+
+    Receives the :class:`~selfsup_core.config.Config` after ``_base_`` inheritance and
+    command-line overrides are applied. Use ``config.set(path, value, origin=...)`` so that
+    errors about a changed key point at the plugin that changed it.
+    """
+
+
+@hookspec(firstresult=True)
+def selfsup_resolve_checkpoint(uri: str) -> str | None:
+    """Turn a checkpoint reference such as ``"torchvision://resnet50"`` into a local path.
+
+    Called for ``init_cfg`` ``Pretrained`` checkpoints and ``--resume`` values that are not
+    existing files. Return the path, or ``None`` to let the next plugin try; the first
+    non-``None`` answer wins.
+    """
+
+
+@hookspec
+def selfsup_before_run(runner: Any) -> None:
+    """Called once after the model, data and optimizer are built, before the first epoch
+    (also when resuming). ``runner`` exposes ``model``, ``optimizer``, ``epoch``, ``iter``,
+    ``max_epochs``, ``work_dir`` and ``config``."""
+
+
+@hookspec
+def selfsup_after_run(runner: Any) -> None:
+    """Called once after the last epoch, when training finished without an exception."""
+
+
+@hookspec
+def selfsup_before_epoch(runner: Any) -> None:
+    """Called at the start of every epoch; ``runner.epoch`` is the epoch about to run (0-based)."""
+
+
+@hookspec
+def selfsup_after_epoch(runner: Any) -> None:
+    """Called at the end of every epoch, before the epoch's checkpoint is written."""
+
+
+@hookspec
+def selfsup_before_iter(runner: Any) -> None:
+    """Called before every training iteration; ``runner.iter`` is its global index (0-based)."""
+
+
+@hookspec
+def selfsup_after_iter(runner: Any, outputs: dict[str, Any]) -> None:
+    """Called after every optimizer step with the iteration's outputs (``loss`` and each
+    named loss, as tensors: reading them as Python numbers synchronises the device)."""
+
+
+@hookspec
+def selfsup_on_exception(runner: Any, exception: BaseException) -> None:
+    """Called when an exception escapes the training loop, before it propagates; the last
+    good checkpoint is still intact. Used to flush logs and close resources."""

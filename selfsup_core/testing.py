@@ -1,0 +1,158 @@
+"""pytest fixtures for selfsup and for plugin authors (loaded through the ``pytest11`` entry point).
+
+Fixtures:
+
+``selfsup_registries``
+    fresh, empty registries with discovery blocked, in use for the test; register
+    temporary components with ``selfsup_registries["backbones"].register("Net", Net)``.
+``selfsup_plugin_manager``
+    a fresh plugin manager with no plugins loaded, in use for the test.
+``selfsup_hook_recorder``
+    a :class:`HookRecorder` of every hook called on ``selfsup_plugin_manager``.
+``selfsup_site``
+    a :class:`FakeSite`: writes real ``*.dist-info`` distributions (metadata, entry points,
+    modules) to a temporary directory on ``sys.path``, for discovery tests without mocks.
+
+This module must stay cheap to import (pytest loads it in every session): no torch.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from . import plugins as _plugins
+from . import registry as _registry
+from .discovery import normalize_name
+
+
+@attrs.define
+class HookCall:
+    """One hook call: its name and keyword arguments."""
+
+    name: str
+    kwargs: dict[str, Any]
+
+
+@attrs.define
+class HookRecorder:
+    """Records the hooks called on a plugin manager, in order."""
+
+    calls: list[HookCall] = attrs.field(factory=list)
+
+    def names(self) -> list[str]:
+        return [call.name for call in self.calls]
+
+    def clear(self) -> None:
+        self.calls.clear()
+
+    def attach(self, manager: _plugins.PluginManager) -> HookRecorder:
+        def before(hook_name: str, hook_impls: Any, kwargs: Mapping[str, Any]) -> None:
+            self.calls.append(HookCall(hook_name, dict(kwargs)))
+
+        def after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: Mapping[str, Any]) -> None:
+            return None
+
+        manager.add_hookcall_monitoring(before, after)
+        return self
+
+
+def write_distribution(
+    root: Path,
+    name: str,
+    version: str = "0.1.0",
+    entry_points: Mapping[str, Mapping[str, str]] | None = None,
+    modules: Mapping[str, str] | None = None,
+) -> Path:
+    """Write an installed distribution (``NAME-VERSION.dist-info``) and its modules under ``root``.
+
+    ``entry_points`` maps groups to ``{entry name: "module:attr"}``; ``modules`` maps file
+    paths relative to ``root`` (``"pkg/__init__.py"``) to source text. Returns the dist-info
+    directory. This is what pip writes, so :mod:`importlib.metadata` finds it for real.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    info = root / f"{normalize_name(name).replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n", encoding="utf-8")
+    lines = []
+    for group, entries in (entry_points or {}).items():
+        lines.append(f"[{group}]")
+        lines.extend(f"{entry} = {target}" for entry, target in entries.items())
+        lines.append("")
+    (info / "entry_points.txt").write_text("\n".join(lines), encoding="utf-8")
+    for relative, source in (modules or {}).items():
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(source, encoding="utf-8")
+    return info
+
+
+@attrs.define
+class FakeSite:
+    """A temporary site directory on ``sys.path`` holding generated distributions."""
+
+    root: Path
+    modules: set[str] = attrs.field(factory=set)
+
+    def add(
+        self,
+        name: str,
+        version: str = "0.1.0",
+        entry_points: Mapping[str, Mapping[str, str]] | None = None,
+        modules: Mapping[str, str] | None = None,
+    ) -> Path:
+        """Install a distribution into this site (see :func:`write_distribution`)."""
+        info = write_distribution(self.root, name, version, entry_points, modules)
+        self.modules.update(Path(p).parts[0].removesuffix(".py") for p in (modules or {}))
+        importlib.invalidate_caches()
+        return info
+
+    def registries(self) -> _registry.Registries:
+        """Registries discovering only this site's distributions, with its plugins' bulk
+        registrations (through :meth:`plugin_manager`)."""
+        manager = self.plugin_manager()
+        return _registry.Registries(path=[str(self.root)], populate=manager.register_components)
+
+    def plugin_manager(self) -> _plugins.PluginManager:
+        """A plugin manager that loaded this site's ``selfsup.plugins`` entry points."""
+        return _plugins.PluginManager(path=[str(self.root)])
+
+    def cleanup(self) -> None:
+        for name in list(sys.modules):
+            if name.split(".")[0] in self.modules:
+                del sys.modules[name]
+
+
+@pytest.fixture
+def selfsup_registries() -> Iterator[_registry.Registries]:
+    """Empty registries (discovery blocked) in use for the duration of the test."""
+    with _registry.use(_registry.Registries(discover=False)) as registries:
+        yield registries
+
+
+@pytest.fixture
+def selfsup_plugin_manager() -> Iterator[_plugins.PluginManager]:
+    """A plugin manager with no plugins, in use for the duration of the test."""
+    with _plugins.use(_plugins.PluginManager(load_entry_points=False)) as manager:
+        yield manager
+
+
+@pytest.fixture
+def selfsup_hook_recorder(selfsup_plugin_manager: _plugins.PluginManager) -> HookRecorder:
+    """Records every hook called on ``selfsup_plugin_manager``."""
+    return HookRecorder().attach(selfsup_plugin_manager)
+
+
+@pytest.fixture
+def selfsup_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSite]:
+    """A temporary site directory on ``sys.path`` for generated distributions."""
+    site = FakeSite(tmp_path / "site")
+    site.root.mkdir()
+    monkeypatch.syspath_prepend(str(site.root))
+    yield site
+    site.cleanup()
