@@ -151,8 +151,8 @@ class Builder:
             return None
         try:
             factory = component.load()
-        except SelfSupError as exc:
-            self._problem((*path, "type"), str(exc), exc)
+        except SelfSupError as exc:  # chain the plugin's own exception, not our wrapper
+            self._problem((*path, "type"), str(exc), exc.__cause__ or exc)
             return None
         label = f"{type_name} ({component.provider})"
         args = {k: v for k, v in table.items() if k != "type"}

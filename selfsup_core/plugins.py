@@ -107,7 +107,7 @@ class PluginManager(pluggy.PluginManager):
     def check_plugin(self, name: str) -> None:
         """Raise :class:`PluginLoadError` if plugin ``name`` implements an unknown hook."""
         plugin = self.get_plugin(name)
-        known = [h for h in dir(self.hook) if h.startswith(HOOK_PREFIX)]
+        known = [h for h in dir(self.hook) if h.startswith(HOOK_PREFIX) and getattr(self.hook, h).has_spec()]
         for hook in self.get_hookcallers(plugin) or ():
             if hook.name.startswith(HOOK_PREFIX) and not hook.has_spec():
                 optional = all(impl.optionalhook for impl in hook.get_hookimpls())
