@@ -128,9 +128,9 @@ def test_problem_names_the_base_file_that_set_the_key(components, tmp_path):
     with pytest.raises(ConfigError) as info:
         build_model(load_config(path, ["model.backbone.depth=1.5"]))
     assert str(info.value).splitlines() == [
-        "--cfg-options: model.backbone.depth: ResNet (<in-process>) expects int, got float 1.5",
         "_base_/model.toml: model.backbone.frozen: unknown argument of ResNet (<in-process>); "
         "it takes depth, out_indices, norm_cfg, init_cfg",
+        "--cfg-options: model.backbone.depth: ResNet (<in-process>) expects int, got float 1.5",
     ]
 
 
