@@ -72,6 +72,8 @@ class Config:
         """The value at a dotted path (``"model.backbone.depth"``) or key sequence."""
         node: Any = self.data
         for part in _split(path):
+            if isinstance(node, Mapping) and isinstance(part, int):
+                part = str(part)  # "a.0" names the key "0" of a table, item 0 of an array
             try:
                 node = node[part]
             except (KeyError, IndexError, TypeError):
@@ -83,10 +85,10 @@ class Config:
     def set(self, path: str | Sequence[str | int], value: Any, *, origin: str = OVERRIDE_ORIGIN) -> None:
         """Set a value, creating tables on the way; ``origin`` is recorded for error messages."""
         keys = _split(path)
-        problem = _assign(self.data, keys, value)
+        written, node, problem = _assign(self.data, keys, value)
         if problem:
             raise ConfigError(Problem(problem, origin, format_key(keys)))
-        _record(self.origins, keys, value, origin)
+        _record(self.origins, written, node, origin)
 
     def __getitem__(self, key: str) -> Any:
         return self.data[key]
@@ -99,9 +101,12 @@ class Config:
         return dump_toml(self.data)
 
 
+_INDEX = re.compile(r"0|-?[1-9][0-9]*")
+
+
 def _split(path: str | Sequence[str | int]) -> KeyPath:
     if isinstance(path, str):
-        return tuple(int(p) if p.isdigit() else p for p in path.split("."))
+        return tuple(int(p) if _INDEX.fullmatch(p) else p for p in path.split("."))
     return tuple(path)
 
 
@@ -126,13 +131,16 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        where = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
         message = str(exc)
+        where = re.search(r"\(at line (\d+), column (\d+)\)|\(at end of document\)", message)
         if where:
-            line_no = int(where.group(1))
+            if where.group(1):
+                line_no, column, suffix = int(where.group(1)), int(where.group(2)), ""
+            else:
+                line_no, column, suffix = text.count("\n") + 1, len(text) - text.rfind("\n"), " at end of document"
             lines = text.splitlines()
-            shown = f"{shown}:{line_no}:{where.group(2)}"
-            message = message[: where.start()].strip()
+            shown = f"{shown}:{line_no}:{column}"
+            message = message[: where.start()].strip() + suffix
             if 0 < line_no <= len(lines):
                 message += f" in line {lines[line_no - 1].strip()!r}"
         raise ConfigError(f"invalid TOML: {message}", file=shown) from None
@@ -193,13 +201,11 @@ def _merge(base: dict[str, Any], child: Mapping[str, Any], path: KeyPath, origin
                     _merge(base[key], value, here, origins, file)
                     continue
                 raise ConfigError(
-                    f"is a table here but a {_toml_type(base[key])} in {origins.get(here, 'a base file')}; "
+                    f"is a table here but {_a(_toml_type(base[key]))} in {origins.get(here, 'a base file')}; "
                     f"set {DELETE_KEY} = true in this table to replace it",
                     file=file,
                     key=format_key(here),
                 )
-        for old in [k for k in origins if k[: len(here)] == here]:
-            del origins[old]
         base[key] = _strip_delete(value)
         _record(origins, here, base[key], file)
 
@@ -213,6 +219,9 @@ def _strip_delete(value: Any) -> Any:
 
 
 def _record(origins: dict[KeyPath, str], path: KeyPath, value: Any, file: str) -> None:
+    """``file`` set ``value`` at ``path``: forget what was recorded under it before."""
+    for old in [k for k in origins if k[: len(path)] == path]:
+        del origins[old]
     origins[path] = file
     for sub, _ in _walk(value, path):
         origins[sub] = file
@@ -227,6 +236,10 @@ def _walk(value: Any, path: KeyPath) -> Iterator[tuple[KeyPath, Any]]:
     for key, sub in items:
         yield (*path, key), sub
         yield from _walk(sub, (*path, key))
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
 
 
 def _toml_type(value: Any) -> str:
@@ -269,37 +282,49 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> None:
         except ValueError as exc:
             problems.append(Problem(f"bad {OVERRIDE_ORIGIN} {text!r}: {exc}", config.filename))
             continue
-        problem = _assign(config.data, keys, value)
+        written, node, problem = _assign(config.data, keys, value)
         if problem:
             problems.append(Problem(f"bad {OVERRIDE_ORIGIN} {text!r}: {problem}", config.filename, format_key(keys)))
         else:
-            _record(config.origins, keys, value, OVERRIDE_ORIGIN)
+            _record(config.origins, written, node, OVERRIDE_ORIGIN)
     if problems:
         raise ConfigError(problems)
 
 
-def _assign(data: dict[str, Any], keys: KeyPath, value: Any) -> str | None:
-    """Set ``data[keys...] = value``; return why it cannot be done, or None."""
+def _assign(data: dict[str, Any], keys: KeyPath, value: Any) -> tuple[KeyPath, Any, str | None]:
+    """Set ``data[keys...] = value``, creating missing tables on the way.
+
+    Returns ``(path, node, problem)``: the path of the outermost node written (the first
+    table created, else ``keys`` itself) as stored, i.e. table keys as strings and array
+    indexes counted from the front; that node; and why it cannot be done, or None.
+    """
     node: Any = data
+    stored: list[str | int] = []
+    created: tuple[KeyPath, Any] | None = None
     for depth, key in enumerate(keys):
         last = depth == len(keys) - 1
         where = format_key(keys[:depth]) or "the config"
         if isinstance(node, list):
             if not isinstance(key, int):
-                return f"{where} is an array; index it with a number, not {key!r}"
+                return (), None, f"{where} is an array; index it with a number, not {key!r}"
             if not -len(node) <= key < len(node):
-                return f"index {key} is out of range ({where} has {len(node)} items)"
+                return (), None, f"index {key} is out of range ({where} has {len(node)} items)"
+            key %= len(node)
         elif isinstance(node, dict):
             key = str(key)
             if not last and key not in node:
                 node[key] = {}
+                if created is None:
+                    created = ((*stored, key), node[key])
         else:
-            return f"{where} is a {_toml_type(node)}, not a table or array"
+            return (), None, f"{where} is {_a(_toml_type(node))}, not a table or array"
+        stored.append(key)
         if last:
             node[key] = value
         else:
             node = node[key]
-    return None
+    written, node = created or (tuple(stored), value)
+    return written, node, None
 
 
 # -- dumping --------------------------------------------------------------------------------
@@ -336,7 +361,12 @@ def _emit_table(lines: list[str], table: Mapping[str, Any], path: tuple[str, ...
 
 
 def _key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else json.dumps(key, ensure_ascii=False)
+    return key if _BARE_KEY.fullmatch(key) else _string(key)
+
+
+def _string(text: str) -> str:
+    # JSON escapes are TOML escapes, but TOML also forbids a raw DEL (U+007F) in strings.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _value(value: Any) -> str:
@@ -351,7 +381,7 @@ def _value(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return _string(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     if isinstance(value, Mapping):
