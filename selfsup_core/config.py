@@ -176,7 +176,7 @@ def _load(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[Key
             if top in defined_in:
                 raise ConfigError(
                     f"defined in two bases, {defined_in[top]} and {display_path(base_path)}; "
-                    "keep it in one base, or set it in this file",
+                    "keep it in one base only",
                     file=shown,
                     key=top,
                 )
@@ -265,7 +265,10 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
     if not raw:
         raise ValueError('the value is empty; give a TOML value, e.g. name="" for an empty string')
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
+        parsed = tomllib.loads(f"v = {raw}")
+        if len(parsed) != 1:
+            raise ValueError(f"{raw!r} is more than one TOML value; give one value per KEY=VALUE")
+        value = parsed["v"]
     except tomllib.TOMLDecodeError as exc:
         if raw[0] in "[{\"'" or not re.fullmatch(r"[\w./:+-]+", raw):
             raise ValueError(f"{raw!r} is not a valid TOML value ({exc})") from None

@@ -191,7 +191,7 @@ class TestInheritance:
         write("child.toml", '_base_ = ["_base_/a.toml", "_base_/b.toml"]\n')
         assert config_error("child.toml") == (
             "child.toml: optimizer: defined in two bases, _base_/a.toml and _base_/b.toml; "
-            "keep it in one base, or set it in this file"
+            "keep it in one base only"
         )
 
     @pytest.mark.parametrize("value", ["3", "[1]", '["a.toml", 2]', "{ a = 1 }"])
@@ -476,6 +476,7 @@ class TestOverrides:
             ("a=[1,", "'[1,' is not a valid TOML value (Invalid value (at end of document))"),
             ('a="open', "'\"open' is not a valid TOML value (Unterminated string (at end of document))"),
             ("a=two words", "'two words' is not a valid TOML value (Invalid value (at line 1, column 5))"),
+            ("a=1\nb=2", "'1\\nb=2' is more than one TOML value; give one value per KEY=VALUE"),
         ],
     )
     def test_parse_override_rejects(self, text, message):
