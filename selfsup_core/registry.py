@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from ._compat import importlib_metadata
 from .discovery import EntryPointInfo, normalize_name, scan_entry_points
 from .errors import (
     DuplicateComponentError,
@@ -252,9 +253,12 @@ class Registry:
         try:
             component.load()
         except PluginLoadError as exc:
-            raise UnknownComponentError(
-                self.kind, type_name, (), hint=f": cannot import it ({describe_exception(exc.__cause__)})"
-            ) from exc.__cause__
+            prefix = type_name.partition(":")[0]
+            if _is_installed_distribution(prefix):
+                hint = f" (distribution {prefix!r} provides no {self.kind} of that name)"
+            else:
+                hint = f": cannot import it ({describe_exception(exc.__cause__)})"
+            raise UnknownComponentError(self.kind, type_name, (), hint=hint) from exc.__cause__
         return component
 
     def get(self, type_name: str) -> Any:
@@ -303,6 +307,14 @@ class Registry:
                 self._local.pop(name, None)
             else:
                 self._local[name] = previous
+
+
+def _is_installed_distribution(name: str) -> bool:
+    try:
+        importlib_metadata.distribution(name)
+    except importlib_metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _is_module_path(text: str) -> bool:

@@ -137,9 +137,17 @@ def selfsup_registries() -> Iterator[_registry.Registries]:
 
 @pytest.fixture
 def selfsup_plugin_manager() -> Iterator[_plugins.PluginManager]:
-    """A plugin manager with no plugins, in use for the duration of the test."""
-    with _plugins.use(_plugins.PluginManager(load_entry_points=False)) as manager:
-        yield manager
+    """A plugin manager with no plugins, in use for the duration of the test.
+
+    Registries first used during the test take bulk registrations from this manager; they
+    are dropped afterwards, so nothing leaks into later tests.
+    """
+    previous = _registry._current
+    try:
+        with _plugins.use(_plugins.PluginManager(load_entry_points=False)) as manager:
+            yield manager
+    finally:
+        _registry._current = previous
 
 
 @pytest.fixture

@@ -168,3 +168,24 @@ def test_every_hookspec_is_documented():
     assert len(names) == 10
     for name in names:
         assert (getattr(hookspecs, name).__doc__ or "").strip(), name
+
+
+def test_plugin_manager_fixture_does_not_leak_registries(selfsup_plugin_manager):
+    from selfsup_core import registry
+
+    class Bulk:
+        def selfsup_register_components(self, register):
+            register("backbones", "BulkNet", dict)
+
+    selfsup_plugin_manager.register(Bulk(), name="bulk")
+    with registry.use(registry.Registries(discover=False, populate=selfsup_plugin_manager.register_components)):
+        assert registry.get("backbones").names() == ["BulkNet"]
+        assert registry.get("backbones").lookup("BulkNet").dist == "bulk"
+    registry.reset()  # defaults made during the test use the test's manager ...
+    assert "BulkNet" in registry.get("backbones")
+
+
+def test_after_the_fixture_the_defaults_are_clean():  # ... and are gone afterwards
+    from selfsup_core import registry
+
+    assert "BulkNet" not in registry.get("backbones")

@@ -122,6 +122,13 @@ def test_dotted_import_path(selfsup_registries):
         necks.get("collections:NoSuchThing")
 
 
+def test_qualified_name_of_a_distribution_without_that_kind(selfsup_site):
+    _net_dist(selfsup_site, "acmenets", "acmenets_mod_q")
+    heads = selfsup_site.registries()["heads"]
+    with pytest.raises(UnknownComponentError, match="distribution 'acmenets' provides no heads of that name"):
+        heads.lookup("acmenets:Net")
+
+
 def test_in_process_register_and_temporary(selfsup_registries):
     heads = selfsup_registries["heads"]
 
