@@ -26,7 +26,7 @@ _DESCRIPTION = """\
 selfsup: self-supervised pre-training of vision backbones, composed from TOML configs.
 
   selfsup-run CONFIG [--cfg-options KEY=VALUE ...] [--work-dir DIR] [--check]
-  selfsup-run list [KIND] [--verbose] [--json]
+  selfsup-run list [KIND [PATTERN]] [--verbose] [--json]
   selfsup-run show-config CONFIG [--cfg-options KEY=VALUE ...]
 """
 
@@ -60,6 +60,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="list installed components and broken plugins")
     listing.add_argument("kind", nargs="?", metavar="KIND", help=f"one of: {', '.join(_registry.KINDS)}")
+    listing.add_argument("pattern", nargs="?", default="*", metavar="PATTERN", help="names to show, e.g. 'Res*'")
     listing.add_argument("--verbose", "-v", action="store_true", help="also import each component to check it")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -136,7 +137,8 @@ def _list(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"kinds": {}, "broken_plugins": []}
     for kind in kinds:
         rows = []
-        components = registries[kind].components()
+        shown = set(registries[kind].list(args.pattern))
+        components = [c for c in registries[kind].components() if c.name in shown]
         counts: dict[str, int] = {}
         for component in components:
             counts[component.name] = counts.get(component.name, 0) + 1

@@ -107,6 +107,8 @@ def test_list_shows_every_kind_components_and_broken_plugins(tmp_path, site):
     assert "toybroken (toy-broken-plugin 0.0.1): import failed: ModuleNotFoundError" in out
     verbose = run(["list", "heads", "--verbose"], tmp_path, site).stdout
     assert "BrokenHead" in verbose and "BROKEN: RuntimeError: broken on purpose" in verbose
+    assert "TinyBackbone" not in run(["list", "backbones", "Nothing*"], tmp_path, site).stdout
+    assert "TinyBackbone" in run(["list", "backbones", "Tiny*"], tmp_path, site).stdout
     data = json.loads(run(["list", "algorithm", "--json"], tmp_path, site).stdout)
     assert list(data["kinds"]) == ["algorithms"]
     assert {"name": "TinyAlgo", "dist": "toy-plugin", "version": "0.3.0"}.items() <= data["kinds"]["algorithms"][0].items()
