@@ -26,7 +26,7 @@ from typing import Any, Literal, Union
 import attrs
 
 from . import registry as _registry
-from .config import Config, KeyPath, format_key
+from .config import Config, KeyPath
 from .errors import ConfigError, Problem, SelfSupError, describe_exception, did_you_mean
 
 KEY_KINDS: dict[str, str] = {
@@ -400,4 +400,4 @@ def build_model(config: Config, registries: _registry.Registries | None = None) 
     return Builder(config, registries).build(config.data["model"], "algorithms", ("model",))
 
 
-__all__ = ["Builder", "KEY_KINDS", "build", "build_model", "kind_for_key", "validate", "format_key"]
+__all__ = ["Builder", "KEY_KINDS", "build", "build_model", "kind_for_key", "validate"]

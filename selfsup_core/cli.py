@@ -17,7 +17,7 @@ from typing import Any
 from . import __version__
 from . import plugins as _plugins
 from . import registry as _registry
-from .errors import SelfSupError
+from .errors import SelfSupError, describe_exception
 
 COMMANDS = ("train", "list", "show-config")
 EXIT_USAGE = 2
@@ -173,8 +173,6 @@ def _component_error(component: _registry.Component, verbose: bool) -> str | Non
         except SelfSupError:
             pass
     if component.error is not None:
-        from .errors import describe_exception
-
         return describe_exception(component.error)
     module = component.target.partition(":")[0]
     top = module.split(".")[0]
