@@ -405,6 +405,18 @@ def use(registries: Registries) -> Iterator[Registries]:
         _current = previous
 
 
+@contextlib.contextmanager
+def restoring() -> Iterator[None]:
+    """Whatever registries a ``with`` block makes or swaps in, put back the ones in use
+    before it (or the not yet made defaults) when it ends."""
+    global _current
+    previous = _current
+    try:
+        yield
+    finally:
+        _current = previous
+
+
 def reset() -> None:
     """Forget the default registries so that the next use scans the installed plugins again."""
     global _current

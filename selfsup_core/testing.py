@@ -142,12 +142,8 @@ def selfsup_plugin_manager() -> Iterator[_plugins.PluginManager]:
     Registries first used during the test take bulk registrations from this manager; they
     are dropped afterwards, so nothing leaks into later tests.
     """
-    previous = _registry._current
-    try:
-        with _plugins.use(_plugins.PluginManager(load_entry_points=False)) as manager:
-            yield manager
-    finally:
-        _registry._current = previous
+    with _registry.restoring(), _plugins.use(_plugins.PluginManager(load_entry_points=False)) as manager:
+        yield manager
 
 
 @pytest.fixture
