@@ -1,0 +1,1 @@
+"""selfsup-data: data sources, datasets, transforms and GPU-side augmentation for selfsup."""

@@ -1,0 +1,1 @@
+"""selfsup-models: backbones, necks, heads and memories for selfsup."""
