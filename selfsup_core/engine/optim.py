@@ -1,0 +1,366 @@
+"""Build an optimizer from the ``[optimizer]`` config table (MMSelfSup 0.x vocabulary).
+
+::
+
+    [optimizer]
+    type = "LARS"                 # "SGD", "AdamW", "Adam", "LARS" or any torch.optim class
+    lr = 0.3
+    momentum = 0.9
+    weight_decay = 1e-6
+    exclude_bias_and_norm = true  # no weight decay and no LARS trust ratio for biases,
+                                  # normalisation-layer parameters and every 1-d parameter
+    [optimizer.paramwise_options]
+    "(bn|gn)(\\d+)?.(weight|bias)" = {weight_decay = 0.0, lars_exclude = true}
+    "bias" = {weight_decay = 0.0, lars_exclude = true}
+
+Every other key is an argument of the optimizer class and is checked against its
+constructor before anything is built.
+
+``paramwise_options`` maps regular expressions to options. Each expression is searched
+(``re.search``) in the full parameter name (``backbone.layer1.0.bn1.weight``); the
+expressions are tried in table order and the FIRST one that matches gives the options of
+that parameter (later matches are ignored). Options:
+
+* ``weight_decay``: the weight decay of the parameter (replaces the optimizer's);
+* ``decay_mult``: multiplies the weight decay (after ``weight_decay`` if both are given);
+* ``lr_mult``: multiplies the learning rate;
+* ``momentum``: the momentum of the parameter (optimizers that take ``momentum`` only);
+* ``lars_exclude``: true skips the LARS trust ratio (ignored by other optimizers).
+
+``exclude_bias_and_norm = true`` gives ``weight_decay = 0`` and ``lars_exclude = true`` to
+parameters of normalisation layers (BatchNorm, SyncBatchNorm, InstanceNorm, GroupNorm,
+LayerNorm, RMSNorm, found by module type), to parameters named ``bias`` and to every
+parameter with at most one dimension; options set explicitly by a matching
+``paramwise_options`` expression win over it.
+
+``layer_decay_rate`` (with optional ``num_layers``) is layer-wise lr decay for ViT
+fine-tuning (BEiT/MAE rule). Layer ids: ``patch_embed`` and the tokens / position embedding
+(``cls_token``, ``pos_embed``, ``mask_token``, ``dist_token``) -> 0, ``blocks.<i>.`` or
+``layers.<i>.`` -> i + 1, everything else (final norm, head) -> ``num_layers + 1``;
+the lr multiplier is ``layer_decay_rate ** (num_layers + 1 - layer_id)``, multiplied with
+any ``lr_mult``. ``num_layers`` defaults to the number of ``blocks.<i>`` / ``layers.<i>``
+found. With layer decay, 1-d parameters (biases, norms) and the tokens / position
+embeddings get no weight decay, as in BEiT and MAE (an explicit ``paramwise_options``
+``weight_decay`` still wins).
+
+Parameters with ``requires_grad = False`` are left out. Parameters with identical options
+are merged into one group, so there are few groups and torch's multi-tensor (``foreach``)
+kernels, which it picks by default on GPUs, stay effective.
+
+Keys of every param group (the schedules read them)
+----------------------------------------------------
+* ``lr_mult``: the product of ``lr_mult`` and the layer-decay scale (1.0 by default);
+* ``initial_lr``: the group's base learning rate, ``optimizer lr * lr_mult``; the lr
+  schedule sets ``group["lr"] = schedule.lr_at(iteration, group["initial_lr"])``, which is
+  ``initial_lr * factor`` for every schedule whose minimum is relative (MMCV's rule: an
+  absolute ``min_lr`` is the floor of every group);
+* ``lr``: starts at ``initial_lr``;
+* ``weight_decay``: the group's weight decay after ``weight_decay``/``decay_mult``;
+* ``lars_exclude``: bool, True when the LARS trust ratio is skipped;
+* ``momentum`` where a paramwise option sets it.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from ..build import accepted_parameters, annotations, describe_value, required_parameters, type_matches, type_text
+from ..config import Config, format_key
+from ..errors import ConfigError, Problem, describe_exception, did_you_mean
+from .lars import LARS
+
+__all__ = [
+    "LARS",
+    "PARAMWISE_OPTIONS",
+    "build_optimizer",
+    "layer_id_for_vit",
+    "optimizer_class",
+]
+
+#: Options a ``paramwise_options`` entry may set, and the Python types each accepts.
+PARAMWISE_OPTIONS: dict[str, tuple[type, ...]] = {
+    "weight_decay": (int, float),
+    "lr_mult": (int, float),
+    "decay_mult": (int, float),
+    "lars_exclude": (bool,),
+    "momentum": (int, float),
+}
+#: Keys of ``[optimizer]`` that the builder reads itself (not optimizer arguments).
+BUILDER_KEYS = ("type", "paramwise_options", "exclude_bias_and_norm", "layer_decay_rate", "num_layers")
+
+_NORM_TYPES: tuple[type, ...] = tuple(
+    t for t in (
+        nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+        nn.GroupNorm,
+        nn.LayerNorm,
+        nn.LocalResponseNorm,
+        getattr(nn, "RMSNorm", None),
+    ) if t is not None
+)
+_BLOCK_ID = re.compile(r"(?:^|\.)(?:blocks|layers)\.(\d+)\.")
+_TOKEN_NAMES = frozenset({"cls_token", "pos_embed", "mask_token", "dist_token"})
+
+
+class _Problems:
+    """Collects problems about the ``[optimizer]`` table, each with its file and key path."""
+
+    def __init__(self, config: Optional[Config], path: tuple) -> None:
+        self.config, self.path, self.items = config, tuple(path), []
+
+    def add(self, keys: tuple, message: str) -> None:
+        full = (*self.path, *keys)
+        if self.config is not None:
+            self.items.append(self.config.problem(full, message))
+        else:
+            self.items.append(Problem(message, None, format_key(full)))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ConfigError(self.items)
+
+
+def optimizer_class(name: str) -> Optional[type]:
+    """The optimizer class called ``name``: ``LARS`` or a ``torch.optim`` class; else None."""
+    if name == "LARS":
+        return LARS
+    found = getattr(torch.optim, name, None)
+    if inspect.isclass(found) and issubclass(found, torch.optim.Optimizer) and found is not torch.optim.Optimizer:
+        return found
+    return None
+
+
+def _known_optimizers() -> list[str]:
+    return ["LARS"] + sorted(n for n in dir(torch.optim) if optimizer_class(n) is not None and n != "LARS")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def layer_id_for_vit(name: str, num_layers: int) -> int:
+    """Layer id of a ViT parameter name for layer-wise lr decay (BEiT/MAE rule).
+
+    ``patch_embed`` and tokens / position embedding -> 0, ``blocks.<i>.`` or ``layers.<i>.``
+    -> ``i + 1``, anything else -> ``num_layers + 1``.
+    """
+    last = name.rsplit(".", 1)[-1]
+    if last in _TOKEN_NAMES or re.search(r"(?:^|\.)patch_embed(?:\.|$)", name):
+        return 0
+    match = _BLOCK_ID.search(name)
+    if match:
+        return int(match.group(1)) + 1
+    return num_layers + 1
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, parallel):
+        model = model.module
+    return model
+
+
+def _excluded_by_flag(model: nn.Module) -> set[int]:
+    """ids of the parameters ``exclude_bias_and_norm`` applies to."""
+    ids: set[int] = set()
+    for module_name, module in model.named_modules():
+        is_norm = isinstance(module, _NORM_TYPES)
+        for param_name, param in module.named_parameters(recurse=False):
+            if is_norm or param_name == "bias" or param.ndim <= 1:
+                ids.add(id(param))
+    return ids
+
+
+def build_optimizer(
+    model: nn.Module,
+    cfg: Mapping[str, Any],
+    *,
+    config: Optional[Config] = None,
+    path: tuple = ("optimizer",),
+) -> torch.optim.Optimizer:
+    """Build the optimizer the ``[optimizer]`` table ``cfg`` describes for ``model``.
+
+    Args:
+        model: the module whose trainable parameters are optimised (a DDP/DataParallel
+            wrapper is unwrapped, so parameter names never start with ``module.``).
+        cfg: the ``[optimizer]`` table (see the module docstring for its keys).
+        config: the whole config, used only to name the file a bad key came from.
+        path: the key path of ``cfg`` inside the config, for error messages.
+
+    Returns:
+        The optimizer, its param groups carrying the keys listed in the module docstring.
+
+    Raises:
+        ConfigError: unknown ``type`` (with a did-you-mean), an argument the optimizer does not
+            take, a missing required argument, a wrong value type, a bad paramwise option or
+            regular expression, or a value the optimizer rejects; each problem names the file
+            and the dotted key.
+    """
+    problems = _Problems(config, path)
+    if not isinstance(cfg, Mapping):
+        problems.add((), f"must be a table with a 'type', got {describe_value(cfg)}")
+        problems.raise_if_any()
+    cfg = dict(cfg)
+    type_name = cfg.get("type")
+    klass: Optional[type] = None
+    if not isinstance(type_name, str):
+        problems.add(("type",) if "type" in cfg else (),
+                     "missing optimizer 'type' (e.g. \"SGD\", \"AdamW\", \"LARS\")" if type_name is None
+                     else f"must be a string naming an optimizer, got {describe_value(type_name)}")
+    else:
+        klass = optimizer_class(type_name)
+        if klass is None:
+            problems.add(("type",), f"unknown optimizer type {type_name!r}{did_you_mean(type_name, _known_optimizers())}"
+                         " (LARS or a torch.optim class name)")
+    problems.raise_if_any()
+    assert klass is not None
+
+    args = {k: v for k, v in cfg.items() if k not in BUILDER_KEYS}
+    _check_arguments(klass, type_name, args, problems)
+    rules = _parse_paramwise(cfg.get("paramwise_options"), klass, problems)
+    exclude_flag = cfg.get("exclude_bias_and_norm", False)
+    if not isinstance(exclude_flag, bool):
+        problems.add(("exclude_bias_and_norm",), f"must be true or false, got {describe_value(exclude_flag)}")
+    layer_decay = cfg.get("layer_decay_rate")
+    num_layers = cfg.get("num_layers")
+    if layer_decay is not None and (not _is_number(layer_decay) or not 0 < layer_decay <= 1):
+        problems.add(("layer_decay_rate",), f"must be a number in (0, 1], got {describe_value(layer_decay)}")
+    if num_layers is not None:
+        if layer_decay is None:
+            problems.add(("num_layers",), "is only used with layer_decay_rate; set layer_decay_rate or remove it")
+        elif not isinstance(num_layers, int) or isinstance(num_layers, bool) or num_layers < 0:
+            problems.add(("num_layers",), f"must be an integer >= 0, got {describe_value(num_layers)}")
+    problems.raise_if_any()
+
+    model = _unwrap(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if layer_decay is not None and num_layers is None:
+        ids = {int(m.group(1)) for n, _ in named for m in [_BLOCK_ID.search(n)] if m}
+        if not ids:
+            problems.add(("layer_decay_rate",), "found no parameter named blocks.<i>. or layers.<i>. "
+                         "to count the layers; set num_layers")
+            problems.raise_if_any()
+        num_layers = max(ids) + 1
+
+    params = inspect.signature(klass).parameters
+    base_lr = args.get("lr", params["lr"].default if "lr" in params else None)
+    if not _is_number(base_lr):
+        base_lr = None
+    base_wd = args.get("weight_decay", params["weight_decay"].default if "weight_decay" in params else 0.0)
+    if not _is_number(base_wd):
+        base_wd = 0.0
+    flagged = _excluded_by_flag(model) if exclude_flag else set()
+
+    groups: dict[tuple, dict[str, Any]] = {}
+    for name, param in named:
+        options: dict[str, Any] = {}
+        for regex, compiled, opts in rules:
+            if compiled.search(name):
+                options = opts
+                break
+        lr_mult = float(options.get("lr_mult", 1.0))
+        weight_decay = float(options.get("weight_decay", base_wd))
+        lars_exclude = bool(options.get("lars_exclude", False))
+        if id(param) in flagged:
+            if "weight_decay" not in options:
+                weight_decay = 0.0
+            if "lars_exclude" not in options:
+                lars_exclude = True
+        if layer_decay is not None:
+            layer_id = layer_id_for_vit(name, num_layers)
+            lr_mult *= float(layer_decay) ** (num_layers + 1 - layer_id)
+            if "weight_decay" not in options and (param.ndim <= 1 or name.rsplit(".", 1)[-1] in _TOKEN_NAMES):
+                weight_decay = 0.0
+        weight_decay *= float(options.get("decay_mult", 1.0))
+        momentum = options.get("momentum")
+        key = (lr_mult, weight_decay, lars_exclude, momentum)
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = {"params": [], "lr_mult": lr_mult, "weight_decay": weight_decay,
+                                   "lars_exclude": lars_exclude}
+            if base_lr is not None:
+                group["lr"] = group["initial_lr"] = base_lr * lr_mult
+            if momentum is not None:
+                group["momentum"] = float(momentum)
+        group["params"].append(param)
+
+    if not groups:
+        problems.add((), f"the model has no trainable parameters for {type_name} to optimise")
+        problems.raise_if_any()
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+    try:
+        optimizer = klass(list(groups.values()), **kwargs)
+    except (ValueError, TypeError) as exc:
+        problems.add((), f"{type_name} rejects these arguments: {describe_exception(exc)}")
+        problems.raise_if_any()
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+    return optimizer
+
+
+def _check_arguments(klass: type, type_name: str, args: Mapping[str, Any], problems: _Problems) -> None:
+    params, open_ended = accepted_parameters(klass)
+    params = {k: v for k, v in params.items() if k != "params"}
+    for key in args:
+        if key not in params and not open_ended:
+            hint = did_you_mean(key, [*params, *BUILDER_KEYS]) or f"; it takes {', '.join(params)}"
+            problems.add((key,), f"unknown argument of optimizer {type_name}{hint}")
+    for name in required_parameters(klass):
+        if name != "params" and name not in args:
+            problems.add((), f"missing required argument {name!r} of optimizer {type_name}")
+    hints = annotations(klass)
+    for key, value in args.items():
+        if key not in params:
+            continue
+        matches = type_matches(value, hints[key]) if key in hints else None
+        if matches is None:
+            # torch annotates numbers as ``float | Tensor``; judge by the default's type instead
+            default = params[key].default
+            if isinstance(default, bool):
+                matches = isinstance(value, bool)
+            elif _is_number(default):
+                matches = _is_number(value)
+        if matches is False:
+            wanted = type_text(hints[key]) if key in hints else type(params[key].default).__name__
+            problems.add((key,), f"optimizer {type_name} expects {wanted}, got {describe_value(value)}")
+
+
+def _parse_paramwise(table: Any, klass: type, problems: _Problems) -> list[tuple[str, re.Pattern, dict[str, Any]]]:
+    """``paramwise_options`` -> ``[(regex, compiled, options)]`` in table order."""
+    if table is None:
+        return []
+    if not isinstance(table, Mapping):
+        problems.add(("paramwise_options",), "must be a table of regular expression -> {option = value}, "
+                     f"got {describe_value(table)}")
+        return []
+    takes_momentum = "momentum" in accepted_parameters(klass)[0]
+    rules = []
+    for regex, options in table.items():
+        where = ("paramwise_options", regex)
+        try:
+            compiled = re.compile(regex)
+        except re.error as exc:
+            problems.add(where, f"invalid regular expression: {exc}")
+            continue
+        if not isinstance(options, Mapping):
+            problems.add(where, f"must be a table of options ({', '.join(PARAMWISE_OPTIONS)}), "
+                         f"got {describe_value(options)}")
+            continue
+        for option, value in options.items():
+            if option not in PARAMWISE_OPTIONS:
+                hint = did_you_mean(option, PARAMWISE_OPTIONS) or f"; options are {', '.join(PARAMWISE_OPTIONS)}"
+                problems.add((*where, option), f"unknown paramwise option{hint}")
+            elif not isinstance(value, PARAMWISE_OPTIONS[option]) or (bool not in PARAMWISE_OPTIONS[option]
+                                                                       and isinstance(value, bool)):
+                wanted = "true or false" if option == "lars_exclude" else "a number"
+                problems.add((*where, option), f"must be {wanted}, got {describe_value(value)}")
+            elif option != "lars_exclude" and value < 0:
+                problems.add((*where, option), f"must be >= 0, got {value!r}")
+            elif option == "momentum" and not takes_momentum:
+                problems.add((*where, option), f"optimizer {klass.__name__} takes no momentum argument")
+        rules.append((regex, compiled, dict(options)))
+    return rules

@@ -1,0 +1,387 @@
+"""Learning-rate schedules from the ``[lr_config]`` table (MMCV vocabulary and formulas),
+and momentum schedules for EMA teachers.
+
+::
+
+    [lr_config]
+    policy = "CosineAnnealing"   # "CosineAnnealing", "step", "Fixed" / "constant", "Poly", "Exp"
+    min_lr = 0.0                 # or min_lr_ratio = 1e-3 (a fraction of each group's base lr)
+    by_epoch = true              # true: the lr changes once per epoch; false: every iteration
+    warmup = "linear"            # "linear", "constant", "exp"; absent, "none" or false: no warmup
+    warmup_iters = 10
+    warmup_ratio = 1e-4
+    warmup_by_epoch = true       # warmup_iters counts epochs
+
+Policies and their keys (``progress`` is the epoch with ``by_epoch = true``, else the
+iteration; ``max_progress`` is ``max_epochs`` or ``max_epochs * iters_per_epoch``):
+
+* ``CosineAnnealing`` (``min_lr`` or ``min_lr_ratio``; neither means ``min_lr = 0``):
+  ``target + 0.5 * (base - target) * (1 + cos(pi * progress / max_progress))`` with
+  ``target = min_lr`` or ``base * min_lr_ratio``;
+* ``step`` (``step`` = a list of epochs (iterations with ``by_epoch = false``) or one
+  interval, ``gamma = 0.1``, optional ``min_lr`` floor): ``base * gamma ** k`` with ``k``
+  the number of listed steps ``<= progress`` (or ``progress // step``);
+* ``Fixed`` / ``constant``: ``base``;
+* ``Poly`` (``power = 1.0``, ``min_lr = 0.0``):
+  ``(base - min_lr) * (1 - progress / max_progress) ** power + min_lr``;
+* ``Exp`` (``gamma``): ``base * gamma ** progress``.
+
+Warmup (MMCV ``get_warmup_lr``) applies to iterations ``i < W``, with ``W = warmup_iters``
+or ``warmup_iters * iters_per_epoch`` when ``warmup_by_epoch``, and scales the *regular*
+lr of that iteration (the one the policy gives without warmup), always by iteration:
+
+* ``constant``: ``regular * warmup_ratio``;
+* ``linear``: ``regular * (1 - (1 - i / W) * (1 - warmup_ratio))``;
+* ``exp``: ``regular * warmup_ratio ** (1 - i / W)``.
+
+The schedule is a pure function of the global iteration (0-based), so its state is only
+the config and the last iteration it was asked for; the base lr of each param group is
+``group["initial_lr"]`` (see :mod:`selfsup_core.engine.optim`).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+
+from ..build import describe_value
+from ..config import Config, format_key
+from ..errors import ConfigError, Problem, did_you_mean
+
+__all__ = [
+    "LrSchedule",
+    "MomentumSchedule",
+    "annealing_cos",
+    "build_lr_schedule",
+    "cosine_momentum",
+]
+
+#: Policy names (lower case) -> canonical name.
+POLICIES = {
+    "cosineannealing": "CosineAnnealing",
+    "cosine": "CosineAnnealing",
+    "step": "Step",
+    "fixed": "Fixed",
+    "constant": "Fixed",
+    "poly": "Poly",
+    "exp": "Exp",
+}
+COMMON_KEYS = ("policy", "by_epoch", "warmup", "warmup_iters", "warmup_ratio", "warmup_by_epoch")
+POLICY_KEYS = {
+    "CosineAnnealing": ("min_lr", "min_lr_ratio"),
+    "Step": ("step", "gamma", "min_lr"),
+    "Fixed": (),
+    "Poly": ("power", "min_lr"),
+    "Exp": ("gamma",),
+}
+WARMUPS = ("linear", "constant", "exp")
+
+
+def annealing_cos(start: float, end: float, factor: float, weight: float = 1.0) -> float:
+    """Cosine from ``start`` (``factor = 0``) to ``end`` (``factor = 1``), MMCV's formula."""
+    return end + 0.5 * weight * (start - end) * (math.cos(math.pi * factor) + 1)
+
+
+class LrSchedule:
+    """An MMCV learning-rate policy with optional warmup, as a function of the iteration.
+
+    Build it with :func:`build_lr_schedule`. The trainer calls :meth:`step` with the global
+    iteration (0-based) before the optimizer step of that iteration.
+
+    Args:
+        optimizer: the optimizer whose groups are updated; a group without ``initial_lr``
+            gets its current ``lr`` as ``initial_lr`` here (MMCV's ``before_run``).
+        iters_per_epoch: iterations in one epoch (>= 1).
+        max_epochs: epochs of the run (>= 1).
+        policy: canonical policy name (see :data:`POLICIES`).
+        by_epoch, warmup, warmup_iters, warmup_ratio, warmup_by_epoch: as in ``[lr_config]``.
+        options: the policy's own keys (``min_lr``, ``step``, ``gamma`` ...).
+    """
+
+    def __init__(
+        self,
+        optimizer: Optional[torch.optim.Optimizer],
+        *,
+        iters_per_epoch: int,
+        max_epochs: int,
+        policy: str = "Fixed",
+        by_epoch: bool = True,
+        warmup: Optional[str] = None,
+        warmup_iters: int = 0,
+        warmup_ratio: float = 0.1,
+        warmup_by_epoch: bool = False,
+        options: Optional[Mapping[str, Any]] = None,
+    ) -> None:
+        if not isinstance(iters_per_epoch, int) or iters_per_epoch < 1:
+            raise ValueError(f"LrSchedule: iters_per_epoch must be an integer >= 1, got {iters_per_epoch!r}")
+        if not isinstance(max_epochs, int) or max_epochs < 1:
+            raise ValueError(f"LrSchedule: max_epochs must be an integer >= 1, got {max_epochs!r}")
+        self.optimizer = optimizer
+        self.iters_per_epoch = iters_per_epoch
+        self.max_epochs = max_epochs
+        self.policy = policy
+        self.by_epoch = by_epoch
+        self.warmup = warmup
+        self.warmup_ratio = float(warmup_ratio)
+        self.warmup_by_epoch = warmup_by_epoch
+        self.warmup_iters = warmup_iters * iters_per_epoch if warmup_by_epoch else warmup_iters
+        self.options = dict(options or {})
+        self.max_iters = max_epochs * iters_per_epoch
+        self.last_iteration = -1
+        self._settings = dict(policy=policy, by_epoch=by_epoch, warmup=warmup, warmup_iters=warmup_iters,
+                              warmup_ratio=warmup_ratio, warmup_by_epoch=warmup_by_epoch,
+                              iters_per_epoch=iters_per_epoch, max_epochs=max_epochs, options=dict(self.options))
+        if optimizer is not None:
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+
+    # -- pure functions of the iteration ----------------------------------------------------
+    def regular_lr(self, iteration: int, base_lr: float) -> float:
+        """The policy's lr at ``iteration`` without warmup."""
+        if self.by_epoch:
+            progress, max_progress = iteration // self.iters_per_epoch, self.max_epochs
+        else:
+            progress, max_progress = iteration, self.max_iters
+        o = self.options
+        if self.policy == "Fixed":
+            return base_lr
+        if self.policy == "CosineAnnealing":
+            if o.get("min_lr_ratio") is not None:
+                target = base_lr * o["min_lr_ratio"]
+            else:
+                target = o.get("min_lr", 0.0)
+            return annealing_cos(base_lr, target, progress / max_progress)
+        if self.policy == "Step":
+            step = o["step"]
+            if isinstance(step, int):
+                exponent = progress // step
+            else:
+                exponent = next((i for i, s in enumerate(step) if progress < s), len(step))
+            lr = base_lr * o.get("gamma", 0.1) ** exponent
+            if o.get("min_lr") is not None:
+                lr = max(lr, o["min_lr"])
+            return lr
+        if self.policy == "Poly":
+            min_lr = o.get("min_lr", 0.0)
+            coeff = (1 - progress / max_progress) ** o.get("power", 1.0)
+            return (base_lr - min_lr) * coeff + min_lr
+        if self.policy == "Exp":
+            return base_lr * o["gamma"] ** progress
+        raise AssertionError(f"unknown policy {self.policy!r}")
+
+    def lr_at(self, iteration: int, base_lr: float) -> float:
+        """The lr at global ``iteration`` (0-based) of a group whose base lr is ``base_lr``."""
+        regular = self.regular_lr(iteration, base_lr)
+        if self.warmup is None or iteration >= self.warmup_iters:
+            return regular
+        if self.warmup == "constant":
+            return regular * self.warmup_ratio
+        if self.warmup == "linear":
+            k = (1 - iteration / self.warmup_iters) * (1 - self.warmup_ratio)
+            return regular * (1 - k)
+        return regular * self.warmup_ratio ** (1 - iteration / self.warmup_iters)  # exp
+
+    def factor(self, iteration: int) -> float:
+        """``lr_at(iteration, 1.0)``: the multiplier of the base lr (exact unless an absolute
+        ``min_lr`` is set, in which case the multiplier depends on the base lr)."""
+        return self.lr_at(iteration, 1.0)
+
+    def lrs_at(self, iteration: int) -> list[float]:
+        """The lr of every param group of the optimizer at ``iteration``."""
+        if self.optimizer is None:
+            return []
+        return [self.lr_at(iteration, group["initial_lr"]) for group in self.optimizer.param_groups]
+
+    # -- stateful use -----------------------------------------------------------------------
+    def step(self, iteration: int) -> None:
+        """Set every group's ``lr`` for global ``iteration`` (call before the optimizer step)."""
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                base = group.setdefault("initial_lr", group["lr"])
+                group["lr"] = self.lr_at(iteration, base)
+        self.last_iteration = iteration
+
+    def state_dict(self) -> dict[str, Any]:
+        """The settings and the last iteration (plain Python values; no tensors)."""
+        return {"settings": dict(self._settings, options=dict(self._settings["options"])),
+                "last_iteration": self.last_iteration}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the last iteration; a schedule saved with other settings is warned about
+        (the current config wins: the lr stays a function of the iteration)."""
+        if "last_iteration" not in state:
+            raise KeyError("LrSchedule.load_state_dict: the state has no 'last_iteration'")
+        saved = state.get("settings")
+        if saved is not None and saved != self._settings:
+            changed = sorted(k for k in set(saved) | set(self._settings) if saved.get(k) != self._settings.get(k))
+            warnings.warn(f"the lr schedule of the checkpoint differs from the config in {', '.join(changed)}; "
+                          "using the config's", stacklevel=2)
+        self.last_iteration = int(state["last_iteration"])
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.options.items())
+        warm = f", warmup={self.warmup!r}, warmup_iters={self.warmup_iters}, warmup_ratio={self.warmup_ratio}" \
+            if self.warmup else ""
+        return f"LrSchedule(policy={self.policy!r}, by_epoch={self.by_epoch}{extra}{warm})"
+
+
+def build_lr_schedule(
+    cfg: Optional[Mapping[str, Any]],
+    optimizer: Optional[torch.optim.Optimizer],
+    *,
+    iters_per_epoch: int,
+    max_epochs: int,
+    config: Optional[Config] = None,
+    path: tuple = ("lr_config",),
+) -> LrSchedule:
+    """Build the schedule the ``[lr_config]`` table ``cfg`` describes (None: constant lr).
+
+    Args:
+        cfg: the ``[lr_config]`` table (see the module docstring), or None.
+        optimizer: whose param groups :meth:`LrSchedule.step` updates.
+        iters_per_epoch: iterations per epoch (>= 1); max_epochs: epochs of the run (>= 1).
+        config: the whole config, only to name the file of a bad key; path: where ``cfg`` is.
+
+    Raises:
+        ConfigError: unknown policy or key (with a did-you-mean), or a bad value; each
+            problem names the file and the dotted key.
+    """
+    problems: list[Problem] = []
+
+    def problem(keys: tuple, message: str) -> None:
+        full = (*path, *keys)
+        problems.append(config.problem(full, message) if config is not None
+                        else Problem(message, None, format_key(full)))
+
+    if cfg is None:
+        return LrSchedule(optimizer, iters_per_epoch=iters_per_epoch, max_epochs=max_epochs)
+    if not isinstance(cfg, Mapping):
+        problem((), f"must be a table with a 'policy', got {describe_value(cfg)}")
+        raise ConfigError(problems)
+    cfg = dict(cfg)
+    raw_policy = cfg.get("policy", "Fixed")
+    policy = POLICIES.get(raw_policy.lower()) if isinstance(raw_policy, str) else None
+    if policy is None:
+        names = ["CosineAnnealing", "step", "Fixed", "constant", "Poly", "Exp"]
+        hint = did_you_mean(str(raw_policy), [*names, "cosine"]) or f"; policies are {', '.join(names)}"
+        problem(("policy",), f"unknown lr policy {raw_policy!r}{hint}")
+        raise ConfigError(problems)
+    allowed = (*COMMON_KEYS, *POLICY_KEYS[policy])
+    for key in cfg:
+        if key not in allowed:
+            hint = did_you_mean(key, allowed) or f"; it takes {', '.join(allowed)}"
+            problem((key,), f"unknown key of lr policy {policy}{hint}")
+
+    def number(key: str, default: Any, *, positive: bool = False, integer: bool = False) -> Any:
+        value = cfg.get(key, default)
+        if value is None:
+            return None
+        kinds = int if integer else (int, float)
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            problem((key,), f"must be {'an integer' if integer else 'a number'}, got {describe_value(value)}")
+        elif value < 0 or (positive and value == 0):
+            problem((key,), f"must be {'> 0' if positive else '>= 0'}, got {value!r}")
+        return value
+
+    def flag(key: str, default: bool) -> bool:
+        value = cfg.get(key, default)
+        if not isinstance(value, bool):
+            problem((key,), f"must be true or false, got {describe_value(value)}")
+            return default
+        return value
+
+    by_epoch = flag("by_epoch", True)
+    warmup_by_epoch = flag("warmup_by_epoch", False)
+    warmup = cfg.get("warmup")
+    if warmup is False or (isinstance(warmup, str) and warmup.lower() in ("none", "")):
+        warmup = None
+    if warmup is not None and warmup not in WARMUPS:
+        hint = did_you_mean(str(warmup), WARMUPS) or '; use "linear", "constant", "exp" or leave it out'
+        problem(("warmup",), f"unknown warmup {warmup!r}{hint}")
+        warmup = None
+    warmup_iters = number("warmup_iters", 0, integer=True, positive=warmup is not None)
+    warmup_ratio = number("warmup_ratio", 0.1, positive=True)
+    if warmup is not None and "warmup_iters" not in cfg:
+        problem(("warmup_iters",), f"warmup = {warmup!r} needs warmup_iters (> 0)")
+    if _is_num(warmup_ratio) and warmup_ratio > 1:
+        problem(("warmup_ratio",), f"must be in (0, 1], got {warmup_ratio!r}")
+
+    options: dict[str, Any] = {}
+    if policy == "CosineAnnealing":
+        min_lr = number("min_lr", None)
+        ratio = number("min_lr_ratio", None)
+        if min_lr is not None and ratio is not None:
+            problem(("min_lr_ratio",), "give min_lr or min_lr_ratio, not both")
+        options = {"min_lr": min_lr} if ratio is None else {"min_lr_ratio": ratio}
+        if min_lr is None and ratio is None:
+            options = {"min_lr": 0.0}
+    elif policy == "Step":
+        step = cfg.get("step")
+        if step is None:
+            problem((), "lr policy step needs step = [epochs...] or step = <interval>")
+        elif isinstance(step, list):
+            if not step or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in step):
+                problem(("step",), f"must be a non-empty list of integers > 0, got {describe_value(step)}")
+            elif step != sorted(step):
+                problem(("step",), f"must be in increasing order, got {step!r}")
+        elif not isinstance(step, int) or isinstance(step, bool) or step <= 0:
+            problem(("step",), f"must be an integer > 0 or a list of them, got {describe_value(step)}")
+        options = {"step": list(step) if isinstance(step, list) else step, "gamma": number("gamma", 0.1)}
+        if cfg.get("min_lr") is not None:
+            options["min_lr"] = number("min_lr", None)
+    elif policy == "Poly":
+        options = {"power": number("power", 1.0), "min_lr": number("min_lr", 0.0)}
+    elif policy == "Exp":
+        if "gamma" not in cfg:
+            problem((), "lr policy Exp needs gamma")
+        options = {"gamma": number("gamma", 1.0)}
+    if problems:
+        raise ConfigError(problems)
+    return LrSchedule(
+        optimizer,
+        iters_per_epoch=iters_per_epoch,
+        max_epochs=max_epochs,
+        policy=policy,
+        by_epoch=by_epoch,
+        warmup=warmup,
+        warmup_iters=warmup_iters,
+        warmup_ratio=warmup_ratio,
+        warmup_by_epoch=warmup_by_epoch,
+        options=options,
+    )
+
+
+def _is_num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# -- momentum ---------------------------------------------------------------------------------
+def cosine_momentum(iteration: int, max_iters: int, base_momentum: float, end_momentum: float = 1.0) -> float:
+    """EMA momentum at ``iteration`` of ``max_iters`` (BYOL):
+    ``end - (end - base) * (cos(pi * iteration / max_iters) + 1) / 2``; ``base`` at 0, ``end`` at the end."""
+    return end_momentum - (end_momentum - base_momentum) * (math.cos(math.pi * iteration / max_iters) + 1) / 2
+
+
+class MomentumSchedule:
+    """Cosine EMA-momentum schedule from ``base_momentum`` to ``end_momentum`` over ``max_iters``.
+
+    Call it with the global iteration: ``m = schedule(iteration)``. With
+    ``cosine = False`` the momentum stays ``base_momentum``.
+    """
+
+    def __init__(self, base_momentum: float, end_momentum: float = 1.0, *, max_iters: int, cosine: bool = True) -> None:
+        if not 0.0 <= base_momentum <= 1.0 or not 0.0 <= end_momentum <= 1.0:
+            raise ValueError("MomentumSchedule: base_momentum and end_momentum must be in [0, 1], "
+                             f"got {base_momentum!r} and {end_momentum!r}")
+        if max_iters < 1:
+            raise ValueError(f"MomentumSchedule: max_iters must be >= 1, got {max_iters!r}")
+        self.base_momentum, self.end_momentum = float(base_momentum), float(end_momentum)
+        self.max_iters, self.cosine = max_iters, cosine
+
+    def __call__(self, iteration: int) -> float:
+        if not self.cosine:
+            return self.base_momentum
+        return cosine_momentum(iteration, self.max_iters, self.base_momentum, self.end_momentum)
