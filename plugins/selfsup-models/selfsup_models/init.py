@@ -243,10 +243,11 @@ def _resolve_checkpoint(uri: str) -> str:
         try:
             from selfsup_core.plugins import get_plugin_manager
 
-            for candidate in get_plugin_manager().hook.selfsup_resolve_checkpoint(uri=str(uri)):
-                if candidate is not None:
-                    answer = candidate
-                    break
+            result = get_plugin_manager().hook.selfsup_resolve_checkpoint(uri=str(uri))
+            # the spec is firstresult: one answer or None (a list if a caller changed that)
+            if isinstance(result, list):
+                result = next((r for r in result if r is not None), None)
+            answer = None if result is None else os.fspath(result)
         except ImportError:  # pragma: no cover - the core is a dependency
             answer = None
         if answer is None:
