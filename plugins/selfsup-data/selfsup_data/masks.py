@@ -130,8 +130,8 @@ class BlockwiseMaskGenerator(nn.Module):
             raise ValueError(f"{name}: num_masking_patches={num_masking_patches} must be in [0, {self.num_patches}] "
                              f"for input_size {self.height}x{self.width}")
         max_num_patches = num_masking_patches if max_num_patches is None else max_num_patches
-        if not 1 <= min_num_patches <= max_num_patches:
-            raise ValueError(f"{name}: need 1 <= min_num_patches <= max_num_patches, got {min_num_patches} "
+        if min_num_patches < 1 or max_num_patches < 0:
+            raise ValueError(f"{name}: need min_num_patches >= 1 and max_num_patches >= 0, got {min_num_patches} "
                              f"and {max_num_patches}")
         max_aspect = 1 / min_aspect if max_aspect is None else max_aspect
         if not 0 < min_aspect <= max_aspect:
