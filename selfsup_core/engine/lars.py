@@ -14,9 +14,9 @@ Note that the learning rate is inside the momentum buffer (as in the LARS paper'
 Algorithm 1, SimCLR and MMSelfSup), unlike ``torch.optim.SGD`` which scales the buffer by
 the current lr at each step; the two agree while the lr is constant.
 
-The trust ratios are computed on the device (``torch.where``, no ``.item()``), with the
-``torch._foreach_*`` kernels for all tensors of a group on one device and dtype, so a step
-never waits on the host.
+The trust ratios are computed on the device (``torch.where``, no ``.item()``), so a step
+never waits for the device; on accelerators the ``torch._foreach_*`` kernels update all
+tensors of a group (per device and dtype) at once.
 """
 from __future__ import annotations
 
@@ -44,8 +44,9 @@ class LARS(Optimizer):
         eta: trust coefficient of the layer-wise ratio.
         nesterov: Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
         eps: added to the denominator of the trust ratio.
-        foreach: use the multi-tensor ``torch._foreach_*`` kernels (None: yes, except for
-            ``torch.compile``-traced code paths, where the per-tensor loop is used).
+        foreach: use the multi-tensor ``torch._foreach_*`` kernels for all tensors of a
+            group at once (None: on GPUs and other accelerators, not on the CPU, where the
+            per-tensor loop is faster, nor inside ``torch.compile``).
     """
 
     def __init__(
@@ -91,13 +92,13 @@ class LARS(Optimizer):
                 continue
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError("LARS does not support sparse gradients")
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = not torch.compiler.is_compiling()
             buckets: dict[tuple[torch.device, torch.dtype], list[Tensor]] = defaultdict(list)
             for p in params:
                 buckets[(p.device, p.dtype)].append(p)
-            for bucket in buckets.values():
+            for (device, _), bucket in buckets.items():
+                foreach = group["foreach"]
+                if foreach is None:  # as torch's optimizers: multi-tensor kernels on accelerators
+                    foreach = device.type not in ("cpu", "meta") and not torch.compiler.is_compiling()
                 if foreach:
                     self._update_foreach(group, bucket)
                 else:

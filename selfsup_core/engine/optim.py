@@ -258,7 +258,7 @@ def build_optimizer(
     groups: dict[tuple, dict[str, Any]] = {}
     for name, param in named:
         options: dict[str, Any] = {}
-        for regex, compiled, opts in rules:
+        for _regex, compiled, opts in rules:
             if compiled.search(name):
                 options = opts
                 break
