@@ -25,7 +25,9 @@ EXIT_USAGE = 2
 _DESCRIPTION = """\
 selfsup: self-supervised pre-training of vision backbones, composed from TOML configs.
 
-  selfsup-run CONFIG [--cfg-options KEY=VALUE ...] [--work-dir DIR] [--check]
+  selfsup-run CONFIG [--cfg-options KEY=VALUE ...] [--work-dir DIR] [--resume [CKPT|auto]]
+                     [--device DEV] [--seed N] [--deterministic] [--check]
+  torchrun --nproc_per_node=G -m selfsup_core.cli CONFIG ...   (distributed)
   selfsup-run list [KIND [PATTERN]] [--verbose] [--json]
   selfsup-run show-config CONFIG [--cfg-options KEY=VALUE ...]
 """
@@ -56,6 +58,18 @@ def make_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train from CONFIG (the default command: 'selfsup-run CONFIG')")
     _add_config_arguments(train)
     train.add_argument("--work-dir", metavar="DIR", help="where checkpoints and logs go")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        metavar="CKPT",
+        help="continue a run: from CKPT, or (no value / 'auto') from the work dir's latest checkpoint",
+    )
+    train.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N (default: the config's, else auto)")
+    train.add_argument("--seed", type=int, metavar="N", help="random seed (default: the config's, else 0)")
+    train.add_argument(
+        "--deterministic", action="store_true", default=None, help="deterministic algorithms (bitwise reproducible)"
+    )
     train.add_argument("--check", action="store_true", help="validate the config and build the model, then stop")
 
     listing = commands.add_parser("list", help="list installed components and broken plugins")
@@ -88,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"error: {line}", file=sys.stderr)
-        return EXIT_USAGE
+        return getattr(exc, "exit_code", EXIT_USAGE)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -107,12 +121,25 @@ def _train(args: argparse.Namespace) -> int:
     from .build import build_model, validate
 
     config = _load(args)
-    validate(config)
     if not args.check:
-        raise SelfSupError(
-            f"{config.filename}: training needs the trainer (selfsup_core.engine), which this version of "
-            "selfsup-core does not ship yet; add --check to validate the config and build the model"
-        )
+        from .engine.trainer import Trainer
+
+        result = Trainer(
+            config,
+            work_dir=args.work_dir,
+            resume=args.resume,
+            device=args.device,
+            deterministic=args.deterministic,
+            seed=args.seed,
+        ).run()
+        print(f"done: epoch {result['epoch']}, iteration {result['iter']}; checkpoint {result['checkpoint']}, "
+              f"metrics {result['work_dir']}/metrics.jsonl")
+        return 0
+    validate(config)
+    if "runner" in config.data or "data" in config.data:
+        from .engine.settings import read_settings
+
+        read_settings(config)
     model = build_model(config)
     line = f"{config.filename}: OK, model {config.data['model']['type']}"
     parameters = getattr(model, "parameters", None)

@@ -94,7 +94,9 @@ def selfsup_before_epoch(runner: Any) -> None:
 
 @hookspec
 def selfsup_after_epoch(runner: Any) -> None:
-    """Called at the end of every epoch, before the epoch's checkpoint is written."""
+    """Called at the end of every epoch, before the epoch's checkpoint is written;
+    ``runner.epoch`` is still the 0-based index of the epoch that just ended (as in MMCV),
+    so ``(runner.epoch + 1) % n == 0`` selects every n-th epoch."""
 
 
 @hookspec
@@ -104,8 +106,10 @@ def selfsup_before_iter(runner: Any) -> None:
 
 @hookspec
 def selfsup_after_iter(runner: Any, outputs: dict[str, Any]) -> None:
-    """Called after every optimizer step with the iteration's outputs (``loss`` and each
-    named loss, as tensors: reading them as Python numbers synchronises the device)."""
+    """Called after every iteration's backward pass (and optimizer step, when
+    ``runner.is_update_step``; with gradient accumulation not every iteration steps) with
+    the algorithm's outputs (the dict of named losses, as tensors: reading them as Python
+    numbers synchronises the device). ``runner.iter`` is still this iteration's index."""
 
 
 @hookspec

@@ -1,0 +1,180 @@
+"""Data loading for the trainer: a resumable distributed sampler and per-sample seeding.
+
+Each sample is drawn with its own seed, derived from (run seed, epoch, position in the
+epoch). The random augmentations of a sample therefore do not depend on the number of
+workers, on which worker loads it, or on whether the run was interrupted and resumed: a
+resumed run sees exactly the batches the uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class SeededSampler(Sampler):
+    """Shuffled indices for one rank, each paired with a per-sample seed.
+
+    The order is a permutation seeded by ``(seed, epoch)`` and split across ranks like
+    ``DistributedSampler`` (padded to a multiple of ``num_replicas``, or truncated when
+    ``drop_last``). ``start`` skips the first samples of this rank's share for a resumed
+    epoch. Yields ``(index, sample_seed)`` pairs.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        self.length, self.num_replicas, self.rank = length, num_replicas, rank
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.epoch = 0
+        self.start = 0
+        if drop_last and length % num_replicas:
+            self.num_samples = length // num_replicas
+        else:
+            self.num_samples = math.ceil(length / num_replicas)
+        self.total_size = self.num_samples * num_replicas
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's permutation; ``start`` samples of this rank are skipped."""
+        self.epoch, self.start = epoch, start
+
+    def _permutation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.length, generator=generator) if self.shuffle else torch.arange(self.length)
+        seeds = torch.randint(0, 2**62, (self.total_size,), generator=generator)
+        if self.total_size > self.length:  # pad by repeating from the start, like DistributedSampler
+            repeats = math.ceil(self.total_size / self.length)
+            order = order.repeat(repeats)
+        return order[: self.total_size], seeds
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order, seeds = self._permutation()
+        mine = slice(self.rank, self.total_size, self.num_replicas)
+        indices, sample_seeds = order[mine].tolist(), seeds[mine].tolist()
+        return iter(list(zip(indices, sample_seeds))[self.start :])
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so that ``dataset[(index, seed)]`` draws sample ``index`` with its own
+    seed for Python's ``random``, NumPy and torch, leaving the caller's generators as they were."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]) -> Any:
+        index, seed = item
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+def build_loader(
+    dataset: Any,
+    *,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    drop_last: bool,
+    pin_memory: bool,
+    persistent_workers: bool,
+    prefetch_factor: int | None,
+) -> tuple[DataLoader, SeededSampler]:
+    """The training DataLoader and its sampler (call ``sampler.set_epoch`` every epoch)."""
+    sampler = SeededSampler(
+        len(dataset), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
+    )
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs["persistent_workers"] = persistent_workers
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+    collate = getattr(dataset, "collate_fn", None)
+    if collate is not None:
+        kwargs["collate_fn"] = collate
+    loader = DataLoader(
+        SeededDataset(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        # A private generator: creating an iterator must not draw from the global torch RNG
+        # (that would shift the model's random stream when a run resumes mid-epoch).
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+    )
+    return loader, sampler
+
+
+def to_device(batch: Any, device: torch.device, non_blocking: bool = True) -> Any:
+    """Move every tensor in a nested batch (dicts, lists, tuples) to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, Mapping):
+        return {k: to_device(v, device, non_blocking) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, non_blocking) for v in batch)
+    return batch
+
+
+def images_to_channels_last(batch: Any) -> Any:
+    """Convert the 4-d float tensors of a batch to channels_last memory format."""
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() == 4 and batch.is_floating_point():
+            return batch.contiguous(memory_format=torch.channels_last)
+        return batch
+    if isinstance(batch, Mapping):
+        return {k: images_to_channels_last(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(images_to_channels_last(v) for v in batch)
+    return batch
+
+
+def batch_size_of(batch: Any) -> int:
+    """Number of samples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, Mapping):
+        for key in ("img", *batch.keys()):
+            if key in batch:
+                size = batch_size_of(batch[key])
+                if size:
+                    return size
+        return 0
+    if isinstance(batch, (list, tuple)):
+        for item in batch:
+            size = batch_size_of(item)
+            if size:
+                return size
+    return 0
+
+
+__all__ = ["SeededDataset", "SeededSampler", "batch_size_of", "build_loader", "images_to_channels_last", "to_device"]

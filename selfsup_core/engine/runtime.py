@@ -1,0 +1,117 @@
+"""Devices, precision, determinism and model preparation for the trainer."""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SelfSupError
+
+
+class BatchNormNd(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm for inputs of any rank >= 2 (``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)``).
+
+    What :class:`torch.nn.SyncBatchNorm` becomes when the run is not distributed: same
+    parameter and buffer names, so checkpoints move freely between the two.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:  # noqa: A002 - torch's name
+        if input.dim() < 2:
+            raise ValueError(f"expected an input of at least 2 dimensions (N, C, ...), got {input.dim()}")
+
+
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.SyncBatchNorm`` in ``module`` by an equivalent :class:`BatchNormNd`."""
+    if isinstance(module, nn.SyncBatchNorm):
+        replacement = BatchNormNd(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
+        if module.affine:
+            with torch.no_grad():
+                replacement.weight = module.weight
+                replacement.bias = module.bias
+        if module.track_running_stats:
+            replacement.running_mean = module.running_mean
+            replacement.running_var = module.running_var
+            replacement.num_batches_tracked = module.num_batches_tracked
+        replacement.training = module.training
+        return replacement
+    for name, child in module.named_children():
+        new = revert_sync_batchnorm(child)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def has_conv2d(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
+    if requested == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(requested)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SelfSupError(f"device {requested!r} was asked for but CUDA is not available; use device = 'cpu' or 'auto'")
+        if device.index is None:
+            device = torch.device(f"cuda:{local_rank}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SelfSupError("device 'mps' was asked for but MPS is not available; use device = 'cpu' or 'auto'")
+    return device
+
+
+def resolve_precision(requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: fp32). ``auto``: bf16 on GPUs that support it, else fp32."""
+    if requested == "fp32":
+        return None
+    if requested == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise SelfSupError("precision 'bf16' is not supported by this GPU; use precision = 'fp16' or 'fp32'")
+        return torch.bfloat16
+    if requested == "fp16":
+        if device.type != "cuda":
+            raise SelfSupError(f"precision 'fp16' needs a CUDA device (this run uses {device}); use 'bf16' or 'fp32'")
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def seed_everything(seed: int, deterministic: bool, benchmark: bool) -> None:
+    """Seed Python, NumPy and torch; configure cuDNN and deterministic algorithms."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def unwrap(model: Any) -> nn.Module:
+    """The algorithm inside DDP / torch.compile wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None or not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+__all__ = [
+    "BatchNormNd",
+    "has_conv2d",
+    "resolve_device",
+    "resolve_precision",
+    "revert_sync_batchnorm",
+    "seed_everything",
+    "unwrap",
+]

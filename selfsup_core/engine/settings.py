@@ -1,0 +1,195 @@
+"""The trainer's own config tables, validated before anything is built.
+
+The names follow MMSelfSup 0.x / MMCV so old configs move over one to one::
+
+    seed = 0                      # top level: seed, deterministic, work_dir
+    [runner]        max_epochs, device, precision, channels_last, compile, cudnn_benchmark,
+                    find_unused_parameters
+    [data]          samples_per_gpu, workers_per_gpu, drop_last, pin_memory,
+                    persistent_workers, prefetch_factor, train (the dataset table)
+    [optimizer]     checked by engine.optim
+    [optimizer_config]  grad_clip = {max_norm, norm_type}, accumulate_steps (update_interval)
+    [lr_config]     checked by engine.schedules
+    [checkpoint_config] interval, max_keep_ckpts
+    [log_config]    interval, tensorboard, progress
+    [[hooks]]       trainer hooks (the selfsup.hooks registry)
+
+Every unknown key, wrong type or impossible value is reported with its file and dotted key
+in one :class:`~selfsup_core.errors.ConfigError`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ..config import Config, KeyPath
+from ..errors import ConfigError, Problem, did_you_mean
+
+#: Top-level keys a config may have. Plugins that add a section (``evaluation``) are listed
+#: here so that a typo in any section name is caught.
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "model", "data", "optimizer", "optimizer_config", "lr_config", "runner", "checkpoint_config",
+        "log_config", "hooks", "evaluation", "seed", "deterministic", "work_dir", "custom_imports",
+    }
+)
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PROGRESS_STYLES = ("auto", "bar", "lines", "none")
+
+
+@attrs.define
+class RunSettings:
+    """Everything the loop needs that is not a component."""
+
+    max_epochs: int
+    seed: int = 0
+    deterministic: bool = False
+    work_dir: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | str = "auto"
+    compile: bool | str = False
+    cudnn_benchmark: bool = True
+    find_unused_parameters: bool = False
+    samples_per_gpu: int = 32
+    workers_per_gpu: int = 2
+    drop_last: bool = True
+    pin_memory: bool | str = "auto"
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+    grad_clip: dict[str, Any] | None = None
+    accumulate_steps: int = 1
+    checkpoint_interval: int = 1
+    max_keep_ckpts: int = -1
+    log_interval: int = 50
+    tensorboard: bool = False
+    progress: str = "auto"
+
+
+# (section, key) -> (attribute, accepted python types, check(value) -> error text or None)
+def _positive(value: Any) -> str | None:
+    return None if value >= 1 else "must be >= 1"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _one_of(choices: tuple[str, ...]):
+    def check(value: Any) -> str | None:
+        if isinstance(value, str) and value not in choices:
+            return f"must be one of {', '.join(repr(c) for c in choices)}{did_you_mean(value, choices)}"
+        return None
+
+    return check
+
+
+def _device(value: Any) -> str | None:
+    head = value.split(":")[0]
+    return None if head in ("auto", "cpu", "cuda", "mps") else "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+
+
+def _grad_clip(value: Any) -> str | None:
+    if value is None:
+        return None
+    unknown = set(value) - {"max_norm", "norm_type"}
+    if unknown:
+        return f"unknown key {sorted(unknown)[0]!r}; grad_clip takes max_norm and norm_type"
+    if "max_norm" not in value:
+        return "needs max_norm, e.g. grad_clip = {max_norm = 1.0}"
+    return None
+
+
+def _compile(value: Any) -> str | None:
+    if isinstance(value, str) and value not in ("model", "backbone"):
+        return "must be true, false, 'model' or 'backbone'"
+    return None
+
+
+_INT = (int,)
+_BOOL = (bool,)
+_SCHEMA: dict[tuple[str, str], tuple[str, tuple[type, ...], Any]] = {
+    ("", "seed"): ("seed", _INT, _non_negative),
+    ("", "deterministic"): ("deterministic", _BOOL, None),
+    ("", "work_dir"): ("work_dir", (str,), None),
+    ("runner", "type"): ("", (str,), _one_of(("EpochBasedRunner",))),
+    ("runner", "max_epochs"): ("max_epochs", _INT, _positive),
+    ("runner", "device"): ("device", (str,), _device),
+    ("runner", "precision"): ("precision", (str,), _one_of(PRECISIONS)),
+    ("runner", "channels_last"): ("channels_last", (bool, str), _one_of(("auto",))),
+    ("runner", "compile"): ("compile", (bool, str), _compile),
+    ("runner", "cudnn_benchmark"): ("cudnn_benchmark", _BOOL, None),
+    ("runner", "find_unused_parameters"): ("find_unused_parameters", _BOOL, None),
+    ("data", "samples_per_gpu"): ("samples_per_gpu", _INT, _positive),
+    ("data", "workers_per_gpu"): ("workers_per_gpu", _INT, _non_negative),
+    ("data", "drop_last"): ("drop_last", _BOOL, None),
+    ("data", "pin_memory"): ("pin_memory", (bool, str), _one_of(("auto",))),
+    ("data", "persistent_workers"): ("persistent_workers", _BOOL, None),
+    ("data", "prefetch_factor"): ("prefetch_factor", _INT, _positive),
+    ("optimizer_config", "grad_clip"): ("grad_clip", (dict, type(None)), _grad_clip),
+    ("optimizer_config", "accumulate_steps"): ("accumulate_steps", _INT, _positive),
+    ("optimizer_config", "update_interval"): ("accumulate_steps", _INT, _positive),
+    ("checkpoint_config", "interval"): ("checkpoint_interval", _INT, _positive),
+    ("checkpoint_config", "max_keep_ckpts"): ("max_keep_ckpts", _INT, None),
+    ("log_config", "interval"): ("log_interval", _INT, _positive),
+    ("log_config", "tensorboard"): ("tensorboard", _BOOL, None),
+    ("log_config", "progress"): ("progress", (str,), _one_of(PROGRESS_STYLES)),
+}
+#: Keys of trainer sections that hold components or belong to another module.
+_PASSTHROUGH = {("data", "train"), ("data", "val"), ("data", "test")}
+_SECTIONS = ("runner", "data", "optimizer_config", "checkpoint_config", "log_config")
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {int: "an integer", bool: "true or false", str: "a string", dict: "a table", type(None): "absent"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def read_settings(config: Config) -> RunSettings:
+    """The :class:`RunSettings` of ``config``; raises one ConfigError listing every problem."""
+    problems: list[Problem] = []
+    data = config.data
+
+    def problem(path: KeyPath, message: str) -> None:
+        problems.append(config.problem(path, message))
+
+    for key in data:
+        if key not in TOP_LEVEL_KEYS and not key.startswith("_"):
+            problem((key,), f"unknown top-level key{did_you_mean(key, TOP_LEVEL_KEYS)}")
+    values: dict[str, Any] = {}
+    for section in ("", *_SECTIONS):
+        table = data if section == "" else data.get(section, {})
+        if section and not isinstance(table, Mapping):
+            problem((section,), f"must be a table, got {type(table).__name__}")
+            continue
+        known = [k for (s, k) in _SCHEMA if s == section] + [k for (s, k) in _PASSTHROUGH if s == section]
+        for key, value in table.items():
+            path: KeyPath = (section, key) if section else (key,)
+            spec = _SCHEMA.get((section, key))
+            if spec is None:
+                if section and (section, key) not in _PASSTHROUGH:
+                    problem(path, f"unknown key of [{section}]{did_you_mean(key, known)}; it takes {', '.join(known)}")
+                continue
+            attribute, types, check = spec
+            ok = isinstance(value, types) and not (bool not in types and isinstance(value, bool))
+            if not ok:
+                problem(path, f"must be {_type_name(types)}, got {value!r}")
+                continue
+            message = check(value) if check is not None else None
+            if message:
+                problem(path, message)
+                continue
+            if attribute:
+                values[attribute] = value
+    if "max_epochs" not in values and not any(p.key == "runner.max_epochs" for p in problems):
+        problem(("runner",), "missing max_epochs: add [runner] max_epochs = N")
+    if "train" not in data.get("data", {}) if isinstance(data.get("data"), Mapping) else True:
+        problem(("data",), "missing the training dataset: add a [data.train] table with a type")
+    if problems:
+        raise ConfigError(problems)
+    return RunSettings(**values)
+
+
+__all__ = ["PRECISIONS", "RunSettings", "TOP_LEVEL_KEYS", "read_settings"]
