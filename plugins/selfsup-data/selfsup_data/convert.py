@@ -1,9 +1,10 @@
 """``selfsup-data-convert`` (also ``python -m selfsup_data.convert``): data conversion tools.
 
-``imagelist ROOT -o FILE [--labels]``
+``imagelist ROOT -o FILE [--labels [--classes FILE]]``
     Write an ``ImageList`` file (``path [label]`` lines, paths relative to ROOT) for the images
     of a folder tree. ``--labels``: ROOT holds class folders; each line gets the class number
-    (sorted folder names). Without it every image at any depth is listed, unlabelled.
+    (sorted folder names, or their order in ``--classes``). Without it every image at any
+    depth is listed, unlabelled.
 
 ``export [TABLE] [--source NAME] [--root DIR] [--split S] [--set KEY=VALUE ...] -o DIR``
     Write any data source to disk as an ``ImageFolder``: ``DIR/<class name>/<index>.png`` and
@@ -35,15 +36,22 @@ class ConvertError(Exception):
 
 
 # -- imagelist --------------------------------------------------------------------------------------
-def write_image_list(root: str, output: str, labels: bool = False, force: bool = False) -> tuple[int, int]:
+def write_image_list(
+    root: str, output: str, labels: bool = False, force: bool = False, classes: str | None = None
+) -> tuple[int, int]:
     """Write the list file for the images under ``root``.
 
+    ``classes``: a text file of class folder names in label order (default: sorted names).
     Returns ``(number of images, number of classes)`` (0 classes when unlabelled).
     """
+    from .sources.base import resolve_classes
     from .sources.folder import scan_folder
 
     root = os.path.expanduser(root)
-    paths, label_array, classes = scan_folder(root, labelled=labels, owner="imagelist")
+    if classes is not None and not labels:
+        raise ConvertError("--classes needs --labels")
+    names = resolve_classes("imagelist", classes)
+    paths, label_array, classes = scan_folder(root, labelled=labels, classes=names, owner="imagelist")
     if not paths:
         raise ConvertError(f"no image files under {root!r}")
     for path in paths:
@@ -185,6 +193,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("root", help="folder of images (class sub-folders with --labels)")
     p.add_argument("-o", "--output", required=True, help="list file to write")
     p.add_argument("--labels", action="store_true", help="ROOT has class folders: write 'path label' lines")
+    p.add_argument("--classes", metavar="FILE",
+                   help="class folder names in label order, one per line (e.g. the classes.txt of an export)")
     p.add_argument("--force", action="store_true", help="replace the output file if it exists")
     p = sub.add_parser("export", help="write a data source to disk as an ImageFolder of PNG files")
     p.add_argument("table", nargs="?", help='data source as a TOML inline table, e.g. \'{type = "MNIST", root = "data"}\'')
@@ -202,7 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         if args.command == "imagelist":
-            count, classes = write_image_list(args.root, args.output, labels=args.labels, force=args.force)
+            count, classes = write_image_list(args.root, args.output, labels=args.labels, force=args.force,
+                                              classes=args.classes)
             what = f"{classes} classes" if args.labels else "unlabelled"
             print(f"wrote {count} images ({what}) to {args.output}; read it with "
                   f"ImageList(ann_file={args.output!r}, root={args.root!r})")
@@ -212,8 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             source = build_source(source_table(args))
             count, classes = export_source(source, args.output, args.limit)
             hint = (f"ImageFolder(root={args.output!r}, classes={os.path.join(args.output, 'classes.txt')!r}) "
-                    "keeps the label numbers" if classes else f"ImageFolder(root={args.output!r})")
-            print(f"wrote {count} images in {classes or 'no'} class folders to {args.output}; read it with {hint}")
+                    "(classes.txt keeps the label numbers)" if classes else f"ImageFolder(root={args.output!r})")
+            print(f"wrote {count} images in {classes or 'no'} class folders to {args.output}; read them back with {hint}")
     except Exception as exc:  # noqa: BLE001 - every input problem ends as one line
         from selfsup_core.errors import SelfSupError
 

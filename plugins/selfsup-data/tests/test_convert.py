@@ -62,6 +62,9 @@ def test_export_writes_image_folder(write_idx, tmp_path, capsys):
         assert path.is_file(), path
     back = ImageFolder(str(out), classes=str(out / "classes.txt"), color_type="unchanged")
     assert back.get_gt_labels().tolist() == labels.tolist()
+    listed = str(tmp_path / "l.txt")
+    assert main(["imagelist", str(out), "-o", listed, "--labels", "--classes", str(out / "classes.txt")]) == 0
+    assert ImageList(listed, root=str(out)).get_gt_labels().tolist() == labels.tolist()
     assert [b.tobytes() for b, _ in [(back.get_img(i), 0) for i in range(4)]] == [src.get_img(i).tobytes() for i in range(4)]
     assert main(["export", "--source", "MNIST", "--root", data["root"], "-o", str(out)]) == 2
     assert "is not an empty folder" in capsys.readouterr().err
