@@ -109,8 +109,9 @@ class LatentCrossCorrelationHead(BaseModule):
         lambd: weight of the off-diagonal (redundancy-reduction) term.
         init_cfg: accepted for uniformity (no learnable weights).
 
-    ``forward(input (N, D), target (N, D)) -> {"loss": scalar}``. Each process's gradient is
-    that of its own batch's contribution to ``c`` (DDP then averages the processes).
+    ``forward(input (N, D), target (N, D)) -> {"loss": scalar}``, computed in float32 even
+    under autocast. Each process's gradient is that of its own batch's contribution to ``c``
+    (DDP then averages the processes).
     """
 
     def __init__(self, in_channels: int, lambd: float = 0.0051, init_cfg: InitCfg = None) -> None:
@@ -121,7 +122,9 @@ class LatentCrossCorrelationHead(BaseModule):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:  # noqa: A002
         world_size = dist.get_world_size() if dist.is_distributed() else 1
-        corr = self.bn(input).T @ self.bn(target) / (input.size(0) * world_size)
+        # float32 even under autocast: c sums N products per entry and its square is summed D^2 times
+        with torch.autocast(device_type=input.device.type, enabled=False):
+            corr = self.bn(input.float()).T @ self.bn(target.float()) / (input.size(0) * world_size)
         if world_size > 1:
             total = dist.all_reduce(corr.detach().clone(), op="sum")
             corr = corr + (total - corr.detach())  # value: the global sum; gradient: this process's part
