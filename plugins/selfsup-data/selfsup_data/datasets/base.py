@@ -151,6 +151,7 @@ class BaseDataset(Dataset):
         """The source image of sample ``idx`` and the index it really came from (the next
         readable one when ``idx`` is unreadable and ``on_bad_sample == "skip"``)."""
         n = len(self.data_source)
+        idx = int(idx)
         if not -n <= idx < n:
             raise IndexError(f"{type(self).__name__}: index {idx} out of range for {n} samples")
         idx %= n

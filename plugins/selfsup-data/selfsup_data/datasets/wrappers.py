@@ -47,6 +47,7 @@ class ConcatDataset(Dataset):
     def locate(self, idx: int) -> tuple[int, int]:
         """``(dataset number, index inside it)`` of global index ``idx``."""
         n = len(self)
+        idx = int(idx)
         if not -n <= idx < n:
             raise IndexError(f"ConcatDataset: index {idx} out of range for {n} samples")
         idx %= n
@@ -95,6 +96,7 @@ class RepeatDataset(Dataset):
 
     def __getitem__(self, idx: int) -> Any:
         n = len(self)
+        idx = int(idx)
         if not -n <= idx < n:
             raise IndexError(f"RepeatDataset: index {idx} out of range for {n} samples")
         return self.dataset[idx % len(self.dataset)]
