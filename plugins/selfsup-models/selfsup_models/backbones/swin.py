@@ -22,7 +22,7 @@ from torch import nn
 
 from ..init import BaseModule
 from ..norm import build_norm_layer
-from .transformer_layers import DropPath, Mlp, mask_to_token_weights, resize_pos_embed
+from .transformer_layers import DropPath, Mlp, mask_to_token_weights, register_state_dict_adapter, resize_pos_embed
 
 __all__ = ["SwinTransformer", "SimMIMSwinTransformer", "SWIN_ARCHS"]
 
@@ -315,7 +315,7 @@ class SwinTransformer(BaseModule):
             self.add_module(f"norm{i}", build_norm_layer(norm_cfg, channels[i], dim=1))
         self.feature_channels = tuple(channels[i] for i in out_indices)
         self.out_channels = self.feature_channels[-1]
-        self.register_load_state_dict_pre_hook(lambda module, state, prefix, *args: self.adapt_state_dict(state, prefix))
+        register_state_dict_adapter(self)
         self.init_weights()
         self._freeze_stages()
 

@@ -22,6 +22,7 @@ __all__ = [
     "TransformerEncoderLayer",
     "build_2d_sincos_position_embedding",
     "mask_to_token_weights",
+    "register_state_dict_adapter",
     "resize_pos_embed",
 ]
 
@@ -189,3 +190,15 @@ def mask_to_token_weights(mask: torch.Tensor, grid: tuple[int, int], x: torch.Te
     raise ValueError(
         f"mask of shape {tuple(mask.shape)} does not fit a batch of {n} with a {grid[0]}x{grid[1]} patch grid"
     )
+
+
+def _adapt_hook(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    module.adapt_state_dict(state_dict, prefix)  # type: ignore[operator]
+
+
+def register_state_dict_adapter(module: nn.Module) -> None:
+    """Run ``module.adapt_state_dict(state_dict, prefix)`` before every ``load_state_dict``
+    that reaches ``module`` (resizing position embeddings, renaming keys). The hook is bound
+    to the module the way torch binds it, so a ``copy.deepcopy`` (EMA teacher) adapts with
+    its own copy."""
+    module._register_load_state_dict_pre_hook(_adapt_hook, with_module=True)

@@ -35,6 +35,7 @@ from .transformer_layers import (
     TransformerEncoderLayer,
     build_2d_sincos_position_embedding,
     mask_to_token_weights,
+    register_state_dict_adapter,
     resize_pos_embed,
 )
 
@@ -229,7 +230,7 @@ class VisionTransformer(BaseModule):
             for i in range(self.num_layers)
         )
         self.norm = build_norm_layer(norm_cfg, self.embed_dims, dim=1) if final_norm else nn.Identity()
-        self._register_pos_embed_hook()
+        register_state_dict_adapter(self)
         self.init_weights()
         if stop_grad_conv1:
             for param in self.patch_embed.parameters():
@@ -304,16 +305,6 @@ class VisionTransformer(BaseModule):
             else:
                 pos = torch.cat([pos.new_zeros(1, 1, pos.shape[-1]), pos], dim=1)
         return resize_pos_embed(pos, (side, side), self.patch_resolution, self.interpolate_mode, extra)
-
-    def _register_pos_embed_hook(self) -> None:
-        def hook(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
-            self.adapt_state_dict(state_dict, prefix)
-
-        register = getattr(self, "register_load_state_dict_pre_hook", None)
-        if register is not None:
-            register(hook)
-        else:  # pragma: no cover - torch < 2.5
-            self._register_load_state_dict_pre_hook(hook, with_module=True)
 
     # ------------------------------------------------------------------ freezing
 
