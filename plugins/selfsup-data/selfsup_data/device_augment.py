@@ -97,7 +97,7 @@ def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue6 = hue6 + (6.0 * shift).view(-1, 1, 1)
     # HSV -> RGB: channel n (R=5, G=3, B=1) = V - V*S*clamp(min(k, 4-k), 0, 1), k = (n + 6H) mod 6,
     # and V*S is the chroma.
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # no host->device copy
     k = torch.remainder(hue6.unsqueeze(1) + n, 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return value.unsqueeze(1) - chroma.unsqueeze(1) * ramp
@@ -270,7 +270,7 @@ class DeviceAugment(nn.Module):
             break
         for op in self.ops:
             x = op(x)
-        return x
+        return x.contiguous()
 
     def extra_repr(self) -> str:
         return f"source={self.source}"
