@@ -7,17 +7,10 @@ saved in and restored from checkpoints.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from ..errors import SelfSupError
-
-
-def cosine_momentum(iteration: int, max_iters: int, base_momentum: float, end_momentum: float = 1.0) -> float:
-    """BYOL's schedule: ``end - (end - base) * (cos(pi * k / K) + 1) / 2``; ``base`` at k=0,
-    ``end`` at k=K."""
-    progress = min(max(iteration / max(max_iters, 1), 0.0), 1.0)
-    return end_momentum - (end_momentum - base_momentum) * (math.cos(math.pi * progress) + 1) / 2
+from .schedules import cosine_momentum
 
 
 class MomentumUpdate:
