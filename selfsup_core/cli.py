@@ -136,11 +136,9 @@ def _train(args: argparse.Namespace) -> int:
               f"metrics {result['work_dir']}/metrics.jsonl")
         return 0
     validate(config)
-    if "runner" in config.data or "data" in config.data:
-        from .engine.settings import read_settings
-
-        read_settings(config)
     model = build_model(config)
+    if "runner" in config.data or "data" in config.data:
+        _check_trainer_sections(config, model)
     line = f"{config.filename}: OK, model {config.data['model']['type']}"
     parameters = getattr(model, "parameters", None)
     if callable(parameters):
@@ -150,6 +148,28 @@ def _train(args: argparse.Namespace) -> int:
         line += f" with {total:,} parameters ({trainable:,} trainable)"
     print(line)
     return 0
+
+
+def _check_trainer_sections(config: Any, model: Any) -> None:
+    """Validate [runner], [data], [optimizer], [lr_config] ... together; one error lists all."""
+    from .engine.optim import build_optimizer
+    from .engine.schedules import build_lr_schedule
+    from .engine.settings import read_settings
+    from .errors import ConfigError
+
+    problems = []
+    max_epochs = 1
+    try:
+        max_epochs = read_settings(config).max_epochs
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        optimizer = build_optimizer(model, config.data.get("optimizer", {"type": "SGD", "lr": 0.1}), config=config)
+        build_lr_schedule(config.data.get("lr_config"), optimizer, iters_per_epoch=1, max_epochs=max_epochs, config=config)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
 
 
 def _show_config(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from selfsup_core import cli, plugins, registry
 from selfsup_core.errors import ConfigError
 from selfsup_example_plugin import TinyConvNet, VICReg, vicreg_loss
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "vicreg_tinyconvnet_1xb256-100e_fashion-mnist.toml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "vicreg_tinyconvnet_1xb256-coslr-100e_fashion-mnist.toml"
 LOSS_KEYS = {"loss_invariance", "loss_variance", "loss_covariance"}
 
 
