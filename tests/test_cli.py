@@ -167,8 +167,12 @@ def test_bad_input_is_one_line_naming_file_and_key_with_exit_2(files, args, expe
 def test_training_without_check_says_what_is_missing(tmp_path, site):
     write(tmp_path / "toy.toml", CONFIG)
     result = run(["toy.toml"], tmp_path, site)
-    assert result.returncode == 2
-    assert "training needs the trainer" in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "error: toy.toml: runner: missing max_epochs: add [runner] max_epochs = N",
+        "error: toy.toml: data: missing the training dataset: add a [data.train] table with a type",
+    ]
 
 
 def test_debug_shows_the_traceback(tmp_path, site):
