@@ -72,6 +72,7 @@ from torch import nn
 from ..build import accepted_parameters, annotations, describe_value, required_parameters, type_matches, type_text
 from ..config import Config, format_key
 from ..errors import ConfigError, Problem, describe_exception, did_you_mean
+from .runtime import unwrap
 from .lars import LARS
 
 __all__ = [
@@ -157,13 +158,6 @@ def layer_id_for_vit(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    parallel = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    while isinstance(model, parallel):
-        model = model.module
-    return model
-
-
 def _excluded_by_flag(model: nn.Module) -> set[int]:
     """ids of the parameters ``exclude_bias_and_norm`` applies to."""
     ids: set[int] = set()
@@ -236,7 +230,7 @@ def build_optimizer(
             problems.add(("num_layers",), f"must be an integer >= 0, got {describe_value(num_layers)}")
     problems.raise_if_any()
 
-    model = _unwrap(model)
+    model = unwrap(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if layer_decay is not None and num_layers is None:
         ids = {int(m.group(1)) for n, _ in named for m in [_BLOCK_ID.search(n)] if m}

@@ -9,7 +9,6 @@ logging. It is also the ``runner`` object the lifecycle hooks receive.
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import signal
 import time
@@ -32,7 +31,7 @@ from . import checkpoint as ckpt
 from . import dist
 from .data import batch_size_of, build_loader, images_to_channels_last, to_device
 from .logger import RunLogger
-from .runtime import has_conv2d, resolve_device, resolve_precision, revert_sync_batchnorm, seed_everything, unwrap
+from .runtime import has_conv2d, resolve_device, resolve_precision, revert_sync_batchnorm, seed_everything
 from .settings import RunSettings, read_settings
 
 RUN_MARKERS = (ckpt.LATEST, "metrics.jsonl")

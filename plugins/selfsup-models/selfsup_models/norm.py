@@ -34,7 +34,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+
+# One implementation, shared with the trainer, which reverts SyncBN outside torch.distributed.
+from selfsup_core.engine.runtime import BatchNormNd, revert_sync_batchnorm
 
 __all__ = [
     "NORM_TYPES",
@@ -62,18 +64,6 @@ class LayerNorm2d(nn.LayerNorm):
         x = x.permute(0, 2, 3, 1)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
-
-
-class BatchNormNd(_BatchNorm):
-    """Batch norm that accepts any ``(N, C, ...)`` input, like ``nn.SyncBatchNorm``.
-
-    :func:`revert_sync_batchnorm` swaps ``SyncBatchNorm`` for this class when the run is
-    not distributed; state-dict keys are the same as every other batch norm.
-    """
-
-    def _check_input_dim(self, input: torch.Tensor) -> None:  # noqa: A002 - torch's name
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
 
 def _batch_norm(dim: int) -> type[nn.Module]:
@@ -173,32 +163,3 @@ def build_norm_layer(cfg: Mapping[str, Any] | None, num_features: int, *, dim: i
     return layer
 
 
-def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every ``nn.SyncBatchNorm`` in ``module`` by an equivalent :class:`BatchNormNd`.
-
-    Parameters, buffers, ``requires_grad`` and train/eval mode are kept. Returns the new
-    root module (``module`` itself unless the root was a SyncBatchNorm); children are
-    replaced in place.
-    """
-    if isinstance(module, nn.SyncBatchNorm):
-        new = BatchNormNd(
-            module.num_features,
-            eps=module.eps,
-            momentum=module.momentum,
-            affine=module.affine,
-            track_running_stats=module.track_running_stats,
-        )
-        if module.affine:
-            with torch.no_grad():
-                new.weight = module.weight
-                new.bias = module.bias
-        new.running_mean = module.running_mean
-        new.running_var = module.running_var
-        new.num_batches_tracked = module.num_batches_tracked
-        new.train(module.training)
-        return new
-    for name, child in module.named_children():
-        new_child = revert_sync_batchnorm(child)
-        if new_child is not child:
-            setattr(module, name, new_child)
-    return module

@@ -26,7 +26,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..init import BaseModule

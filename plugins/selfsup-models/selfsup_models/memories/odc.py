@@ -6,7 +6,6 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from selfsup_core.engine import dist
 
 from ..init import BaseModule
