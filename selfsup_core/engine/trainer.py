@@ -506,6 +506,10 @@ class Trainer:
         elif rngs:
             self.logger.message(f"checkpoint {path} comes from {meta.get('world_size')} processes, this run has "
                                 f"{self.world_size}: random number generators are re-seeded, not restored")
+            if self.inner_iter:  # the position inside the epoch means nothing with another sharding
+                self.logger.message(f"epoch {self.epoch + 1} was stopped part-way: it restarts from its beginning")
+                self.iter -= self.inner_iter
+                self.inner_iter = 0
         self.logger.message(f"resumed from {path} at epoch {self.epoch + 1}, iteration {self.iter}")
 
     def _teardown(self) -> None:
