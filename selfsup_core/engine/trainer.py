@@ -508,8 +508,8 @@ class Trainer:
                                 f"{self.world_size}: random number generators are re-seeded, not restored")
             if self.inner_iter:  # the position inside the epoch means nothing with another sharding
                 self.logger.message(f"epoch {self.epoch + 1} was stopped part-way: it restarts from its beginning")
-                self.iter -= self.inner_iter
-                self.inner_iter = 0
+            # another sharding has another number of iterations per epoch
+            self.iter, self.inner_iter = self.epoch * self.iters_per_epoch, 0
         self.logger.message(f"resumed from {path} at epoch {self.epoch + 1}, iteration {self.iter}")
 
     def _teardown(self) -> None:
