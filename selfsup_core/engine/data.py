@@ -1,9 +1,9 @@
 """Data loading for the trainer: a resumable distributed sampler and per-sample seeding.
 
 Each sample is drawn with its own seed, derived from (run seed, epoch, position in the
-epoch). The random augmentations of a sample therefore do not depend on the number of
-workers, on which worker loads it, or on whether the run was interrupted and resumed: a
-resumed run sees exactly the batches the uninterrupted run would have seen.
+epoch). The random augmentations therefore do not depend on the number of workers, on
+which worker loads a sample, or on whether the run was interrupted and resumed: a resumed
+run sees exactly the batches the uninterrupted run would have seen.
 """
 from __future__ import annotations
 
@@ -72,12 +72,19 @@ class SeededSampler(Sampler):
 
 class SeededDataset(Dataset):
     """Wraps a dataset so that ``dataset[(index, seed)]`` draws sample ``index`` with its own
-    seed for torch, Python's ``random`` and NumPy.
+    seed.
+
+    torch's generator (which torchvision's and selfsup's transforms use) is seeded per
+    sample; Python's ``random`` and NumPy once per batch, with the batch's first seed
+    (``__getitems__``; seeding those per sample would cost ~20 us each). Seeds depend only on
+    (run seed, epoch, position), so the augmentations do not depend on the number of
+    workers or processes, and a run resumed at a batch boundary sees exactly the batches an
+    uninterrupted run would have seen.
 
     In a DataLoader worker the generators are simply re-seeded. In the main process
     (``workers_per_gpu = 0``) torch's generator is restored afterwards, so the model's random
     stream (dropout, masking) is the same with or without data loading in between; Python's
-    and NumPy's generators are re-seeded from the sample seed instead of restored (restoring
+    and NumPy's generators are re-seeded from the batch seed instead of restored (restoring
     NumPy's state costs ~150 us), which keeps them deterministic.
     """
 
@@ -88,24 +95,27 @@ class SeededDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, int]) -> Any:
-        index, seed = item
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list[Any]:
+        batch_seed = items[0][1]
         generator = torch.default_generator
-        if get_worker_info() is not None:
-            generator.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            return self.dataset[index]
-        state = generator.get_state()
-        generator.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
+        random.seed(batch_seed)
+        np.random.seed(batch_seed % 2**32)
+        in_worker = get_worker_info() is not None
+        state = None if in_worker else generator.get_state()
+        samples = []
         try:
-            return self.dataset[index]
+            for index, seed in items:
+                generator.manual_seed(seed)
+                samples.append(self.dataset[index])
         finally:
-            generator.set_state(state)
-            after = (seed ^ 0x5DEECE66D) % 2**32
-            random.seed(after)
-            np.random.seed(after)
+            if state is not None:
+                generator.set_state(state)
+                after = (batch_seed ^ 0x5DEECE66D) % 2**32
+                random.seed(after)
+                np.random.seed(after)
+        return samples
 
 
 def build_loader(
