@@ -87,3 +87,44 @@ class SignalAt:
     def selfsup_after_iter(self, runner, outputs) -> None:
         if runner.iter == self.at:
             os.kill(os.getpid(), self.signum)
+
+
+class _ToFloatDeviceTransform(nn.Module):
+    """Converts the batch's uint8 images to float in [0, 1] and counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, batch: dict) -> dict:
+        self.calls += 1
+        batch["img"] = batch["img"].float() / 255
+        return batch
+
+
+class ToyImages:
+    """uint8 (C, H, W) images; the float conversion is left to ``device_transform``."""
+
+    def __init__(self, length: int = 16, size: int = 8) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.data = torch.randint(0, 256, (length, 3, size, size), dtype=torch.uint8, generator=generator)
+        self.device_transform = _ToFloatDeviceTransform()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"img": self.data[index], "idx": index}
+
+
+class ToyConv(nn.Module):
+    """A conv layer; records the dtype and memory format of every batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.seen: list[tuple[torch.dtype, bool]] = []
+
+    def forward(self, img: torch.Tensor, mode: str = "train") -> dict:
+        self.seen.append((img.dtype, img.is_contiguous(memory_format=torch.channels_last) and not img.is_contiguous()))
+        return {"loss": self.conv(img).pow(2).mean(), "acc": torch.tensor(50.0)}

@@ -266,3 +266,18 @@ def test_trainer_sections_are_validated_with_file_and_key(write_config):
     assert "toy.toml: runner.precision: must be one of" in message and "did you mean 'bf16'?" in message
     assert "toy.toml: log_config.interval: must be >= 1" in message
     assert "toy.toml: optimiser: unknown top-level key; did you mean 'optimizer'?" in message
+
+
+def test_device_transform_and_channels_last_reach_the_model(write_config, tmp_path):
+    config = write_config()
+    text = config.read_text()
+    text = text.replace('type = "selfsup_toy:ToyAlgorithm"\ndim = 8', 'type = "selfsup_toy:ToyConv"')
+    text = text.replace('type = "selfsup_toy:ToyDataset"\nlength = 64', 'type = "selfsup_toy:ToyImages"')
+    config.write_text(text)
+    trainer = Trainer(load_config(config, ["runner.max_epochs=1", "runner.channels_last=true"]), work_dir=tmp_path / "w")
+    trainer.run()
+    assert trainer.dataset.device_transform.calls == 2  # 16 images, batches of 8
+    assert trainer.model.seen == [(torch.float32, True)] * 2
+    records = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    epoch = next(r for r in records if r["mode"] == "train_epoch")
+    assert epoch["acc"] == 50.0 and epoch["loss"] > 0  # logged, and not added to the loss
