@@ -8,6 +8,7 @@ logging. It is also the ``runner`` object the lifecycle hooks receive.
 """
 from __future__ import annotations
 
+import copy
 import inspect
 import os
 import signal
@@ -204,6 +205,10 @@ class Trainer:
                                              iters_per_epoch=self.iters_per_epoch, max_epochs=self.max_epochs,
                                              config=self.config, path=("lr_config",))
         self.device_transform = getattr(self.dataset, "device_transform", None)
+        if isinstance(self.device_transform, nn.Module):
+            # a copy on the device (its buffers: normalisation constants ...); the dataset's
+            # own stays on the CPU, so that workers never receive CUDA tensors
+            self.device_transform = copy.deepcopy(self.device_transform).to(self.device)
 
         compile_mode = settings.compile
         if compile_mode:

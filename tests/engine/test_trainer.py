@@ -276,7 +276,8 @@ def test_device_transform_and_channels_last_reach_the_model(write_config, tmp_pa
     config.write_text(text)
     trainer = Trainer(load_config(config, ["runner.max_epochs=1", "runner.channels_last=true"]), work_dir=tmp_path / "w")
     trainer.run()
-    assert trainer.dataset.device_transform.calls == 2  # 16 images, batches of 8
+    assert trainer.device_transform.calls == 2  # 16 images, batches of 8 (a copy moved to the device)
+    assert trainer.dataset.device_transform.calls == 0
     assert trainer.model.seen == [(torch.float32, True)] * 2
     records = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     epoch = next(r for r in records if r["mode"] == "train_epoch")
