@@ -282,3 +282,38 @@ def test_device_transform_and_channels_last_reach_the_model(write_config, tmp_pa
     records = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     epoch = next(r for r in records if r["mode"] == "train_epoch")
     assert epoch["acc"] == 50.0 and epoch["loss"] > 0  # logged, and not added to the loss
+
+
+def test_resume_auto_without_a_checkpoint_starts_a_fresh_run(write_config, tmp_path):
+    config = write_config()
+    result = run(config, tmp_path / "fresh", ["runner.max_epochs=1"], resume="auto")
+    assert result["epoch"] == 1
+
+
+def test_fp16_on_a_cpu_is_refused_in_one_line(write_config, tmp_path, toy_env):
+    config = write_config()
+    result = subprocess.run([sys.executable, "-m", "selfsup_core.cli", str(config), "--work-dir", str(tmp_path / "w"),
+                             "--cfg-options", "runner.precision=fp16", "runner.device=cpu"],
+                            env=toy_env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: precision 'fp16' needs a CUDA device (this run uses cpu); use 'bf16' or 'fp32'")
+
+
+def test_resuming_a_one_process_run_under_two_processes_restarts_the_epoch(write_config, tmp_path, toy_env):
+    config = write_config('[[hooks]]\ntype = "selfsup_toy:SignalAt"\nat = 10\n', name="stop.toml")
+    work = tmp_path / "w"
+    with pytest.raises(RunInterrupted):
+        run(config, work)
+    assert final_state(work)["meta"]["inner_iter"] == 3
+    plain = write_config("", name="plain.toml")
+    env = dict(toy_env, OMP_NUM_THREADS="1")
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "selfsup_core.cli",
+         str(plain), "--work-dir", str(work), "--device", "cpu", "--resume"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "comes from 1 processes, this run has 2" in ddp.stderr
+    assert "epoch 2 was stopped part-way: it restarts from its beginning" in ddp.stderr
+    meta = final_state(work)["meta"]
+    assert (meta["epoch"], meta["iter"], meta["world_size"]) == (3, 12, 2)  # 4 iterations/epoch with 2 processes
