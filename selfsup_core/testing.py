@@ -13,6 +13,10 @@ Fixtures:
     a :class:`FakeSite`: writes real ``*.dist-info`` distributions (metadata, entry points,
     modules) to a temporary directory on ``sys.path``, for discovery tests without mocks.
 
+Helpers: :func:`components_of` lists a distribution's components and
+:func:`assert_validated_from_config` checks that a misspelt TOML key of a component is the
+core's ConfigError (parametrize a test over the first with the second).
+
 This module must stay cheap to import (pytest loads it in every session): no torch.
 """
 from __future__ import annotations
@@ -160,3 +164,34 @@ def selfsup_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fa
     monkeypatch.syspath_prepend(str(site.root))
     yield site
     site.cleanup()
+
+
+# -- helpers for plugin test suites ------------------------------------------------------------
+def components_of(dist: str, kinds: Any = None, *, own_modules: str | None = None) -> list[tuple[str, str]]:
+    """``(kind, name)`` of every installed component that distribution ``dist`` provides, in
+    ``kinds`` (default: all); ``own_modules`` keeps only targets in that package (skipping
+    re-exported third-party classes such as torchvision transforms)."""
+    registries = _registry.current()
+    found = []
+    for kind in kinds or list(_registry.KINDS):
+        for component in registries[kind].components():
+            if component.dist != dist:
+                continue
+            if own_modules is not None and not component.target.startswith(own_modules):
+                continue
+            found.append((kind, component.name))
+    return found
+
+
+def assert_validated_from_config(kind: str, name: str) -> None:
+    """Assert that the core validates every TOML key of component ``name``: its constructor
+    does not swallow unknown keys (``**kwargs`` all the way up), and a misspelt key is a
+    :class:`~selfsup_core.errors.ConfigError` naming it, not a TypeError from inside."""
+    from .build import accepted_parameters, build
+    from .errors import ConfigError
+
+    factory = _registry.current()[kind].get(name)
+    _, open_ended = accepted_parameters(factory)
+    assert not open_ended, f"{name} accepts **kwargs: the core cannot catch a misspelt key"
+    with pytest.raises(ConfigError, match=r"no_such_argument: unknown argument of " + name):
+        build({"type": name, "no_such_argument": 1}, kind)
