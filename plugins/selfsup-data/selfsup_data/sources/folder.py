@@ -93,7 +93,29 @@ def scan_folder(
     return [paths[i] for i in order], np.asarray(labels, dtype=np.int64)[order], names
 
 
-class ImageFolder(DataSource):
+class _ImageFiles(DataSource):
+    """Shared reading of the file-based sources: subclasses set ``root``, ``paths`` (relative
+    to ``root``, or absolute), ``labels`` (int64) and ``color_type``."""
+
+    root: str
+    paths: list[str]
+    labels: np.ndarray
+    color_type: str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def get_img(self, idx: int) -> Image.Image:
+        return load_image(os.path.join(self.root, self.paths[idx]), self.color_type)
+
+    def get_gt_labels(self) -> np.ndarray:
+        return self.labels
+
+    def describe(self, idx: int) -> str:
+        return os.path.join(self.root, self.paths[idx])
+
+
+class ImageFolder(_ImageFiles):
     """Images in a folder tree: ``root/<class>/**/<image>`` (labelled, classes are the sorted
     sub-folder names) or ``root/**/<image>`` (flat, unlabelled: labels are -1).
 
@@ -124,18 +146,6 @@ class ImageFolder(DataSource):
         self.paths, self.labels, self.CLASSES = scan_folder(self.root, labelled, names)
         if not self.paths:
             raise ValueError(f"ImageFolder: no image files ({', '.join(IMG_EXTENSIONS)}) under root {self.root!r}")
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def get_img(self, idx: int) -> Image.Image:
-        return load_image(os.path.join(self.root, self.paths[idx]), self.color_type)
-
-    def get_gt_labels(self) -> np.ndarray:
-        return self.labels
-
-    def describe(self, idx: int) -> str:
-        return os.path.join(self.root, self.paths[idx])
 
 
 def parse_image_list(ann_file: str) -> tuple[list[str], np.ndarray]:
@@ -171,7 +181,7 @@ def parse_image_list(ann_file: str) -> tuple[list[str], np.ndarray]:
     return paths, np.asarray(labels, dtype=np.int64)
 
 
-class ImageList(DataSource):
+class ImageList(_ImageFiles):
     """Images named in a text file, one ``path [label]`` per line (MMSelfSup's list format).
 
     Args:
@@ -210,15 +220,3 @@ class ImageList(DataSource):
                 f"ImageList: ann_file {self.ann_file!r} has label {int(self.labels.max())} "
                 f"but classes names only {len(self.CLASSES)}"
             )
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def get_img(self, idx: int) -> Image.Image:
-        return load_image(os.path.join(self.root, self.paths[idx]), self.color_type)
-
-    def get_gt_labels(self) -> np.ndarray:
-        return self.labels
-
-    def describe(self, idx: int) -> str:
-        return os.path.join(self.root, self.paths[idx])
