@@ -79,6 +79,31 @@ def pool_flatten(x: torch.Tensor, with_avg_pool: bool) -> torch.Tensor:
     return x.reshape(x.size(0), -1)
 
 
+def _neck_input(neck: nn.Module, x: Any, vit_backbone: bool = False) -> torch.Tensor:
+    """The ``(N, D)`` input of ``neck``'s projector: the single feature map of ``x``
+    (:func:`single_feature`), its class token when ``vit_backbone``, then
+    :func:`pool_flatten` with ``neck.with_avg_pool``."""
+    feat = single_feature(x, type(neck).__name__)
+    if vit_backbone:
+        feat = vit_cls_token(feat)
+    return pool_flatten(feat, neck.with_avg_pool)
+
+
+def _mlp(in_channels: int, hid_channels: int, out_channels: int, *, with_norm: bool = False,
+         norm_cfg: Mapping[str, Any] | None = None, conv1x1: bool = False) -> nn.Sequential:
+    """``layer -> [norm] -> relu -> layer`` as an ``nn.Sequential`` (MMSelfSup's indices
+    ``0``, ``1``, ... in that order). The layers are ``nn.Linear``, or 1x1 ``nn.Conv2d`` when
+    ``conv1x1``. With ``with_norm`` a 1-d norm built from ``norm_cfg`` follows the first layer
+    (``nn.Identity`` when ``norm_cfg`` is ``None``, so the indices stay the same)."""
+    def layer(c_in: int, c_out: int) -> nn.Module:
+        return nn.Conv2d(c_in, c_out, 1) if conv1x1 else nn.Linear(c_in, c_out)
+
+    first = [layer(in_channels, hid_channels)]
+    if with_norm:
+        first.append(build_norm_layer(norm_cfg, hid_channels, dim=1))
+    return nn.Sequential(*first, nn.ReLU(inplace=True), layer(hid_channels, out_channels))
+
+
 def _norm_with(norm_cfg: Mapping[str, Any] | None, **extra: Any) -> dict[str, Any] | None:
     """``norm_cfg`` with ``extra`` options merged in (``affine`` becomes LN's
     ``elementwise_affine``; options a type does not take are dropped)."""
@@ -118,7 +143,7 @@ class LinearNeck(BaseModule):
         self.init_weights()
 
     def forward(self, x: Features) -> list[torch.Tensor]:
-        feat = pool_flatten(single_feature(x, type(self).__name__), self.with_avg_pool)
+        feat = _neck_input(self, x)
         return [self.fc(feat)]
 
 
@@ -187,11 +212,7 @@ class NonLinearNeck(BaseModule):
         self.init_weights()
 
     def forward(self, x: Features) -> list[torch.Tensor]:
-        feat = single_feature(x, type(self).__name__)
-        if self.vit_backbone:
-            feat = vit_cls_token(feat)
-        feat = pool_flatten(feat, self.with_avg_pool)
-        feat = self.bn0(self.fc0(feat))
+        feat = self.bn0(self.fc0(_neck_input(self, x, self.vit_backbone)))
         for fc_name, bn_name in zip(self.fc_names, self.bn_names):
             feat = getattr(self, fc_name)(self.relu(feat))
             if bn_name is not None:
@@ -214,13 +235,11 @@ class MoCoV2Neck(BaseModule):
                  init_cfg: InitCfg = None) -> None:
         super().__init__(init_cfg)
         self.with_avg_pool = with_avg_pool
-        self.mlp = nn.Sequential(
-            nn.Linear(in_channels, hid_channels), nn.ReLU(inplace=True), nn.Linear(hid_channels, out_channels)
-        )
+        self.mlp = _mlp(in_channels, hid_channels, out_channels)
         self.init_weights()
 
     def forward(self, x: Features) -> list[torch.Tensor]:
-        feat = pool_flatten(single_feature(x, type(self).__name__), self.with_avg_pool)
+        feat = _neck_input(self, x)
         return [self.mlp(feat)]
 
 
@@ -258,7 +277,7 @@ class ODCNeck(BaseModule):
         self.init_weights()
 
     def forward(self, x: Features) -> list[torch.Tensor]:
-        feat = pool_flatten(single_feature(x, type(self).__name__), self.with_avg_pool)
+        feat = _neck_input(self, x)
         feat = self.drop(self.relu(self.bn0(self.fc0(feat))))
         return [self.relu(self.fc1(feat))]
 
@@ -301,7 +320,7 @@ class RelativeLocNeck(BaseModule):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: Features) -> list[torch.Tensor]:
-        feat = pool_flatten(single_feature(x, type(self).__name__), self.with_avg_pool)
+        feat = _neck_input(self, x)
         return [self.drop(self.relu(self.bn(self.fc(feat))))]
 
 
@@ -363,12 +382,7 @@ class SwAVNeck(BaseModule):
         elif hid_channels == 0:
             self.projection_neck = nn.Linear(in_channels, out_channels)
         else:
-            self.projection_neck = nn.Sequential(
-                nn.Linear(in_channels, hid_channels),
-                build_norm_layer(norm_cfg, hid_channels, dim=1),
-                nn.ReLU(inplace=True),
-                nn.Linear(hid_channels, out_channels),
-            )
+            self.projection_neck = _mlp(in_channels, hid_channels, out_channels, with_norm=True, norm_cfg=norm_cfg)
         self.init_weights()
 
     def forward_projection(self, feat: torch.Tensor) -> torch.Tensor:
@@ -409,14 +423,10 @@ class DenseCLNeck(BaseModule):
     def __init__(self, in_channels: int, hid_channels: int, out_channels: int, num_grid: Union[int, None] = None,
                  init_cfg: InitCfg = None) -> None:
         super().__init__(init_cfg)
-        self.mlp = nn.Sequential(
-            nn.Linear(in_channels, hid_channels), nn.ReLU(inplace=True), nn.Linear(hid_channels, out_channels)
-        )
+        self.mlp = _mlp(in_channels, hid_channels, out_channels)
         self.with_pool = num_grid is not None
         self.pool = nn.AdaptiveAvgPool2d((num_grid, num_grid)) if num_grid is not None else None
-        self.mlp2 = nn.Sequential(
-            nn.Conv2d(in_channels, hid_channels, 1), nn.ReLU(inplace=True), nn.Conv2d(hid_channels, out_channels, 1)
-        )
+        self.mlp2 = _mlp(in_channels, hid_channels, out_channels, conv1x1=True)
         self.init_weights()
 
     def forward(self, x: Features) -> list[torch.Tensor]:
