@@ -19,6 +19,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from ..init import BaseModule
 from ..norm import build_norm_layer
+from ._freezing import FrozenStagesMixin
 
 __all__ = ["ResNet", "ResNetV1d", "ResNeXt", "BasicBlock", "Bottleneck"]
 
@@ -34,7 +35,7 @@ STEM_TYPES = ("imagenet", "cifar")
 InitCfg = Union[Mapping[str, Any], Sequence[Mapping[str, Any]], None]
 
 
-class ResNet(BaseModule):
+class ResNet(FrozenStagesMixin, BaseModule):
     """ResNet backbone.
 
     Args:
@@ -251,22 +252,13 @@ class ResNet(BaseModule):
             return []
         return self._stem_modules() + self.stages()[: self.frozen_stages]
 
-    def _freeze_stages(self) -> None:
-        for module in self._frozen_modules():
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad_(False)
-
     def train(self, mode: bool = True) -> ResNet:
         """Set train/eval mode; frozen stages (and every batch norm with ``norm_eval``) stay in eval."""
         super().train(mode)
-        if mode:
-            for module in self._frozen_modules():
-                module.eval()
-            if self.norm_eval:
-                for m in self.modules():
-                    if isinstance(m, _BatchNorm):
-                        m.eval()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
         return self
 
     # ------------------------------------------------------------------ forward

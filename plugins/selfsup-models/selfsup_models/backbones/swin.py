@@ -22,7 +22,15 @@ from torch import nn
 
 from ..init import BaseModule
 from ..norm import build_norm_layer
-from .transformer_layers import DropPath, Mlp, mask_to_token_weights, register_state_dict_adapter, resize_pos_embed
+from ._freezing import FrozenStagesMixin
+from .transformer_layers import (
+    DropPath,
+    Mlp,
+    MultiheadAttention,
+    mask_to_token_weights,
+    register_state_dict_adapter,
+    resize_pos_embed,
+)
 
 __all__ = ["SwinTransformer", "SimMIMSwinTransformer", "SWIN_ARCHS"]
 
@@ -54,7 +62,7 @@ def _resolve_arch(arch: str | Mapping[str, Any], owner: str) -> dict[str, Any]:
     return {"embed_dims": int(arch["embed_dims"]), "depths": tuple(arch["depths"]), "num_heads": tuple(arch["num_heads"])}
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(MultiheadAttention):
     """Multi-head attention inside ``window_size x window_size`` windows with a relative-position bias.
 
     ``(B * nW, w*w, C) -> (B * nW, w*w, C)``; ``mask`` ``(nW, w*w, w*w)`` is added (0 / -inf
@@ -63,35 +71,24 @@ class WindowAttention(nn.Module):
 
     def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
                  attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
-        super().__init__()
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
         self.window_size = window_size
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
         coords = coords.flatten(1)
         rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)
         index = rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
         self.register_buffer("relative_position_index", index, persistent=False)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = float(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        bw, n, c = x.shape
-        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        bw, n, _ = x.shape
         bias = self.relative_position_bias_table[self.relative_position_index.reshape(-1)]
         bias = bias.reshape(n, n, self.num_heads).permute(2, 0, 1).unsqueeze(0)  # (1, heads, n, n)
         if mask is not None:
             nw = mask.shape[0]
             bias = (bias.unsqueeze(0) + mask[None, :, None]).expand(bw // nw, -1, -1, -1, -1)
             bias = bias.reshape(bw, self.num_heads, n, n)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.attn_drop if self.training else 0.0
-        )
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(bw, n, c)))
+        return super().forward(x, bias)
 
 
 def _window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
@@ -211,7 +208,7 @@ class _SwinPatchEmbed(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), hw
 
 
-class SwinTransformer(BaseModule):
+class SwinTransformer(FrozenStagesMixin, BaseModule):
     """Swin Transformer.
 
     Args:
@@ -366,24 +363,8 @@ class SwinTransformer(BaseModule):
                 modules.append(getattr(self, f"norm{i}"))
         return modules
 
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
-        for param in (self.absolute_pos_embed, self.mask_token):
-            if param is not None:
-                param.requires_grad_(False)
-        for module in self._frozen_modules():
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> SwinTransformer:
-        """Set train/eval mode; frozen parts stay in eval mode."""
-        super().train(mode)
-        if mode:
-            for module in self._frozen_modules():
-                module.eval()
-        return self
+    def _frozen_parameters(self) -> list[nn.Parameter | None]:
+        return [self.absolute_pos_embed, self.mask_token]
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """``(N, C_in, H, W)`` -> tuple of ``(N, C_i, H_i, W_i)``, one per ``out_indices``.

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..init import BaseModule
 from ..norm import build_norm_layer
+from ._freezing import FrozenStagesMixin
 from .transformer_layers import (
     TransformerEncoderLayer,
     build_2d_sincos_position_embedding,
@@ -117,7 +118,7 @@ _MMCLS_RULES = [
 ]
 
 
-class VisionTransformer(BaseModule):
+class VisionTransformer(FrozenStagesMixin, BaseModule):
     """Vision Transformer (ViT).
 
     Args:
@@ -316,24 +317,8 @@ class VisionTransformer(BaseModule):
             modules.append(self.norm)
         return modules
 
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
-        for param in (self.cls_token, self.pos_embed, self.mask_token):
-            if param is not None:
-                param.requires_grad_(False)
-        for module in self._frozen_modules():
-            module.eval()
-            for param in module.parameters():
-                param.requires_grad_(False)
-
-    def train(self, mode: bool = True) -> VisionTransformer:
-        """Set train/eval mode; frozen parts stay in eval mode."""
-        super().train(mode)
-        if mode:
-            for module in self._frozen_modules():
-                module.eval()
-        return self
+    def _frozen_parameters(self) -> list[nn.Parameter | None]:
+        return [self.cls_token, self.pos_embed, self.mask_token]
 
     # ------------------------------------------------------------------ forward
 
