@@ -28,7 +28,6 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
