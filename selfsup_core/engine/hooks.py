@@ -49,8 +49,8 @@ class MomentumUpdate:
     def selfsup_before_run(self, runner: Any) -> None:
         self._algorithm(runner)
 
-    def selfsup_before_iter(self, runner: Any) -> None:
-        model = self._algorithm(runner)
+    def selfsup_before_iter(self, runner: Any) -> None:  # the algorithm was checked in before_run
+        model = runner.model
         model.momentum = cosine_momentum(runner.iter, runner.max_iters, model.base_momentum, self.end_momentum)
 
     def selfsup_after_iter(self, runner: Any, outputs: dict[str, Any]) -> None:
@@ -58,7 +58,7 @@ class MomentumUpdate:
             return
         self._steps += 1
         if self._steps % self.update_interval == 0:
-            self._algorithm(runner).momentum_update()
+            runner.model.momentum_update()
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self._steps}

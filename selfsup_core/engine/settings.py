@@ -185,7 +185,8 @@ def read_settings(config: Config) -> RunSettings:
                 values[attribute] = value
     if "max_epochs" not in values and not any(p.key == "runner.max_epochs" for p in problems):
         problem(("runner",), "missing max_epochs: add [runner] max_epochs = N")
-    if "train" not in data.get("data", {}) if isinstance(data.get("data"), Mapping) else True:
+    data_table = data.get("data")
+    if not isinstance(data_table, Mapping) or "train" not in data_table:
         problem(("data",), "missing the training dataset: add a [data.train] table with a type")
     if problems:
         raise ConfigError(problems)
