@@ -19,7 +19,7 @@ from . import plugins as _plugins
 from . import registry as _registry
 from .errors import SelfSupError, describe_exception
 
-COMMANDS = ("train", "list", "show-config")
+COMMANDS = ("train", "eval", "tsne", "list", "show-config")
 EXIT_USAGE = 2
 
 _DESCRIPTION = """\
@@ -28,6 +28,8 @@ selfsup: self-supervised pre-training of vision backbones, composed from TOML co
   selfsup-run CONFIG [--cfg-options KEY=VALUE ...] [--work-dir DIR] [--resume [CKPT|auto]]
                      [--device DEV] [--seed N] [--deterministic] [--check]
   torchrun --nproc_per_node=G -m selfsup_core.cli CONFIG ...   (distributed)
+  selfsup-run eval CONFIG [--checkpoint CKPT] [--evaluator knn|linear|NAME ...] [--out FILE]
+  selfsup-run tsne CONFIG [--checkpoint CKPT] [--out FILE]
   selfsup-run list [KIND [PATTERN]] [--verbose] [--json]
   selfsup-run show-config CONFIG [--cfg-options KEY=VALUE ...]
 """
@@ -72,6 +74,22 @@ def make_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--check", action="store_true", help="validate the config and build the model, then stop")
 
+    for name, text in (("eval", "evaluate a checkpoint's features with the [evaluation] table's evaluators"),
+                       ("tsne", "plot a t-SNE map of a checkpoint's test features (PNG)")):
+        evaluate = commands.add_parser(name, help=text)
+        _add_config_arguments(evaluate)
+        evaluate.add_argument("--checkpoint", metavar="CKPT",
+                              help="a training checkpoint (default: none, the model as its init_cfg builds it)")
+        if name == "eval":
+            evaluate.add_argument("--evaluator", nargs="+", action="extend", metavar="NAME",
+                                  help="which evaluators: knn, linear, ... (a type name or its start; default: "
+                                       "those of [evaluation] evaluators, else KNN)")
+        evaluate.add_argument("--work-dir", metavar="DIR", help="where outputs go (default: the checkpoint's folder)")
+        evaluate.add_argument("--out", metavar="FILE",
+                              help="the results JSON (default: WORK_DIR/eval/<checkpoint>_<evaluators>.json)"
+                              if name == "eval" else "the PNG (default: WORK_DIR/tsne_<checkpoint>.png)")
+        evaluate.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N (default: the config's, else auto)")
+
     listing = commands.add_parser("list", help="list installed components and broken plugins")
     listing.add_argument("kind", nargs="?", metavar="KIND", help=f"one of: {', '.join(_registry.KINDS)}")
     listing.add_argument("pattern", nargs="?", default="*", metavar="PATTERN", help="names to show, e.g. 'Res*'")
@@ -94,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handler = {"train": _train, "list": _list, "show-config": _show_config}[args.command]
+    handler = {"train": _train, "eval": _eval, "tsne": _eval, "list": _list, "show-config": _show_config}[args.command]
     try:
         return handler(args)
     except SelfSupError as exc:
@@ -150,6 +168,34 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .engine.evaluation import evaluate_checkpoint, format_results
+
+    config = _load(args)
+    tsne = args.command == "tsne"
+    if tsne and args.out:
+        config.set(("evaluation", "evaluators"), [{**_tsne_table(config), "out": args.out}], origin="--out")
+    record = evaluate_checkpoint(
+        config,
+        checkpoint=args.checkpoint,
+        evaluators=["TSNE"] if tsne else args.evaluator,
+        work_dir=args.work_dir,
+        out=None if tsne else args.out,
+        device=args.device,
+    )
+    if "output" in record:
+        print(format_results(record["results"]))
+        print(f"results written to {record['output']}")
+    return 0
+
+
+def _tsne_table(config: Any) -> dict[str, Any]:
+    """The config's TSNE evaluator table (its arguments), or a bare one."""
+    tables = config.data.get("evaluation", {}).get("evaluators") or []
+    found = [t for t in tables if str(t.get("type", "")).rpartition(":")[2].lower() == "tsne"]
+    return dict(found[0]) if found else {"type": "TSNE"}
+
+
 def _check_trainer_sections(config: Any, model: Any) -> None:
     """Validate [runner], [data], [optimizer], [lr_config] ... together; one error lists all."""
     from .engine.optim import build_optimizer
@@ -157,10 +203,16 @@ def _check_trainer_sections(config: Any, model: Any) -> None:
     from .engine.settings import read_settings
     from .errors import ConfigError
 
+    from .engine.evaluation import read_eval_settings
+
     problems = []
     max_epochs = 1
     try:
         max_epochs = read_settings(config).max_epochs
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        read_eval_settings(config)
     except ConfigError as exc:
         problems += exc.problems
     try:

@@ -130,10 +130,15 @@ def build_loader(
     pin_memory: bool,
     persistent_workers: bool,
     prefetch_factor: int | None,
+    shuffle: bool = True,
 ) -> tuple[DataLoader, SeededSampler]:
-    """The training DataLoader and its sampler (call ``sampler.set_epoch`` every epoch)."""
+    """The training DataLoader and its sampler (call ``sampler.set_epoch`` every epoch).
+
+    ``shuffle=False`` (evaluation): rank ``r`` of ``W`` gets positions ``r, r + W, ...`` of
+    the dataset in order, padded by repeating the first samples to equal shares.
+    """
     sampler = SeededSampler(
-        len(dataset), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
+        len(dataset), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
     )
     kwargs: dict[str, Any] = {}
     if num_workers > 0:

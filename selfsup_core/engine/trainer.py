@@ -164,6 +164,11 @@ class Trainer:
         for index, table in enumerate(hook_tables):
             hook = builder.build(table, "hooks", ("hooks", index))
             self.hooks.append((f"hooks.{index}.{table['type']}", hook))
+        from .evaluation import build_online_evaluation
+
+        online = build_online_evaluation(self.config, builder)
+        if online is not None:  # after the configured hooks: it sees the epoch's final state
+            self.hooks.append(("evaluation", online))
 
         if not dist.is_distributed() or self.device.type != "cuda":
             model = revert_sync_batchnorm(model)

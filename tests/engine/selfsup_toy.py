@@ -128,3 +128,23 @@ class ToyConv(nn.Module):
     def forward(self, img: torch.Tensor, mode: str = "train") -> dict:
         self.seen.append((img.dtype, img.is_contiguous(memory_format=torch.channels_last) and not img.is_contiguous()))
         return {"loss": self.conv(img).pow(2).mean(), "acc": torch.tensor(50.0)}
+
+
+class ToyEvaluator:
+    """Scores the fraction of test samples whose extracted features sum above ``threshold``;
+    records what it saw (for the online evaluation tests)."""
+
+    calls: list[dict] = []
+
+    def __init__(self, threshold: float = 0.0) -> None:
+        self.threshold = threshold
+
+    def evaluate(self, context) -> dict:
+        dataset = context.dataset("test")
+        images = torch.stack([dataset[i]["img"] for i in range(len(dataset))]).to(context.device)
+        with context.eval_mode() as model, torch.no_grad():
+            training_inside = model.training
+            score = (model(images, mode="extract").sum(dim=1) > self.threshold).float().mean().item()
+        ToyEvaluator.calls.append({"epoch": context.epoch, "training_inside": training_inside,
+                                   "tag": context.tag, "train_len": len(context.dataset("train"))})
+        return {"toy_top1": score, "toy_note": f"epoch {context.epoch}"}
