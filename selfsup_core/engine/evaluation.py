@@ -367,7 +367,6 @@ def evaluate_checkpoint(
     ``<work dir>/eval/<checkpoint stem>_<evaluators>.json``); returns the JSON record.
     Works under torchrun: every process extracts its shard, the main process writes.
     """
-    from . import checkpoint as ckpt
     from . import dist
     from .runtime import has_conv2d, resolve_device, resolve_precision, revert_sync_batchnorm
 
@@ -393,7 +392,8 @@ def evaluate_checkpoint(
     if checkpoint is not None:
         meta = load_weights(model, checkpoint)
     model = revert_sync_batchnorm(model).to(torch_device)
-    channels_last = torch_device.type == "cuda" and has_conv2d(model) and runner.get("channels_last", "auto") != False  # noqa: E712
+    wants = runner.get("channels_last", "auto")
+    channels_last = bool(wants) if wants != "auto" else torch_device.type == "cuda" and has_conv2d(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
 

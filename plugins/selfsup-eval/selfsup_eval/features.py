@@ -203,10 +203,13 @@ def extract(context: EvalContext, split: str, *, feature: str = "extract", pool:
 
 def require_labels(features: Features, split: str, owner: str) -> torch.Tensor:
     """The labels of ``features``, or a clear error when the dataset has none."""
-    if features.labels is None:
-        raise ValueError(f"{owner}: the [evaluation.{split}] dataset gives no 'label'; use a labelled data source "
+    labels = features.labels
+    unlabelled = None if labels is None else int((labels < 0).sum())
+    if labels is None or unlabelled:
+        what = "no 'label'" if labels is None else f"{unlabelled} of {len(labels)} samples without a label (-1)"
+        raise ValueError(f"{owner}: the [evaluation.{split}] dataset gives {what}; use a labelled data source "
                          "(e.g. the FashionMNIST or ImageFolder source with class folders)")
-    return features.labels
+    return labels
 
 
 __all__ = [

@@ -143,15 +143,6 @@ def _check_number(name: str, value: Any, low: float, high: Optional[float] = Non
     return float(value)
 
 
-def _check_labels(labels: torch.Tensor, split: str) -> torch.Tensor:
-    """``labels`` if none is negative (-1 marks an unlabelled sample), else a ValueError."""
-    unlabelled = int((labels < 0).sum())
-    if unlabelled:
-        raise ValueError(f"{OWNER}: {unlabelled} of {labels.numel()} samples of the [evaluation.{split}] dataset have "
-                         "no label (-1); use a labelled data source (class folders or a labels array)")
-    return labels
-
-
 # -- the evaluator -----------------------------------------------------------------------------
 class LinearProbe:
     """Linear evaluation: a linear classifier on the frozen model's features.
@@ -233,7 +224,7 @@ class LinearProbe:
     def evaluate(self, context: EvalContext) -> dict[str, Any]:
         """Train the classifier on the train split, score it on the test split."""
         test = extract(context, "test", feature=self.feature, pool=self.pool)
-        test_labels = _check_labels(require_labels(test, "test", OWNER), "test")
+        test_labels = require_labels(test, "test", OWNER)
         cached = self.uses_cache(context)
         with torch.enable_grad():
             if cached:
@@ -261,7 +252,7 @@ class LinearProbe:
 
     def _train_cached(self, context: EvalContext) -> tuple[nn.Module, float]:
         train = extract(context, "train", feature=self.feature, pool=self.pool)
-        labels = _check_labels(require_labels(train, "train", OWNER), "train")
+        labels = require_labels(train, "train", OWNER)
         num_classes = self._resolve_classes(int(labels.max()) + 1)
         features = train.features
         count = len(train)
@@ -286,7 +277,7 @@ class LinearProbe:
         dataset = context.dataset("train")
         known = _known_labels(dataset)
         if known is not None and len(known) > 0:
-            num_classes = self._resolve_classes(int(_check_labels(known, "train").max()) + 1)
+            num_classes = self._resolve_classes(int(require_labels(Features(known, known), "train", OWNER).max()) + 1)
         else:  # labels only seen batch by batch: the test labels tell (or num_classes)
             known = None
             num_classes = self.num_classes or test_classes

@@ -268,8 +268,8 @@ def test_unlabelled_source_and_too_few_classes_raise(tmp_path, band_source):
     np.savez(tmp_path / "nolabels.npz", images=np.zeros((8, 8, 8), np.uint8))
     no_labels = OneViewDataset(NumpyArrays(str(tmp_path / "nolabels.npz")), TO_FLOAT)  # labels -1
     labelled = OneViewDataset(band_source, TO_FLOAT)
-    with pytest.raises(ValueError, match=re.escape("LinearProbe: 8 of 8 samples of the [evaluation.train] dataset "
-                                                   "have no label (-1)")):
+    with pytest.raises(ValueError, match=re.escape("LinearProbe: the [evaluation.train] dataset gives 8 of 8 samples "
+                                                   "without a label (-1)")):
         probe().evaluate(make_context(no_labels, labelled))
     with pytest.raises(ValueError, match=re.escape("LinearProbe: num_classes = 2 but the [evaluation.train] labels "
                                                    "go up to 3; raise num_classes or leave it unset")):
