@@ -3,7 +3,8 @@
 1. Accuracy: ``selfsup-run eval examples/configs/extractor_raw-pixels_fashion-mnist.toml``
    (weighted kNN, k = 200, T = 0.1, cosine; bank = the 60k train images, scored = the 10k
    test images) on normalised pixels, as the pre-training configs feed them, and on plain
-   [0, 1] pixels. Any trained backbone has to beat this.
+   [0, 1] pixels; on normalised pixels also the linear probe (BN + linear, SGD, 100
+   epochs on cached features). Any trained backbone has to beat these.
 2. Speed: ``selfsup_eval.knn.knn_class_scores`` on random features: a bank of ``--bank``
    rows x ``--dim`` against ``--queries`` queries (defaults: ImageNet-sized, 1.28M x 2048 vs
    50k, on a GPU; 100k x 512 vs 10k on a CPU), in chunks within a 1 GiB similarity budget.
@@ -31,7 +32,7 @@ PLAIN_PIPELINE = '[{type="ToImage"}, {type="ToDtype", dtype="float32", scale=tru
 def accuracy(device: str) -> list[dict]:
     runs = []
     for name, overrides in (
-        ("normalised pixels", []),
+        ("normalised pixels", ["--evaluator", "knn", "linear"]),
         ("[0, 1] pixels", ["--set", f"evaluation.train.pipeline={PLAIN_PIPELINE}",
                            f"evaluation.test.pipeline={PLAIN_PIPELINE}"]),
     ):
@@ -43,10 +44,12 @@ def accuracy(device: str) -> list[dict]:
             seconds = time.perf_counter() - start
             record = json.loads(next(Path(work, "eval").glob("*.json")).read_text())
         results = record["results"]
-        print(f"raw-pixel kNN ({name}): top-1 {results['knn_top1']:.4f}, top-5 {results['knn_top5']:.4f} "
+        linear = f", linear probe top-1 {results['linear_top1']:.4f}" if "linear_top1" in results else ""
+        print(f"raw-pixel kNN ({name}): top-1 {results['knn_top1']:.4f}, top-5 {results['knn_top5']:.4f}{linear} "
               f"({seconds:.1f} s on {record['device']})")
         runs.append({"features": name, "command": " ".join(command[:3] + command[5:]), **results,
-                     "k": 200, "temperature": 0.1, "seconds": round(seconds, 1), "device": record["device"]})
+                     "k": 200, "temperature": 0.1,
+                     "evaluators": record["evaluators"], "seconds": round(seconds, 1), "device": record["device"]})
     return runs
 
 
