@@ -40,7 +40,7 @@ from torch import nn
 from .. import registry as _registry
 from ..build import Builder
 from ..config import Config, KeyPath
-from ..errors import ConfigError, Problem, SelfSupError, did_you_mean
+from ..errors import ConfigError, Problem, SelfSupError, describe_exception, did_you_mean
 
 SECTION = "evaluation"
 SPLITS = ("train", "test")
@@ -276,7 +276,11 @@ def primary_metric(results: Mapping[str, Any]) -> str | None:
 class OnlineEvaluation:
     """A trainer hook that runs the ``online`` evaluator every ``interval`` epochs (and after
     the last epoch), logs its results with the other metrics (``mode = "eval"`` records in
-    metrics.jsonl) and tracks the best value of its first ``*top1`` result across resumes."""
+    metrics.jsonl) and tracks the best value of its first ``*top1`` result across resumes.
+
+    Its datasets are built before the first epoch, so a config error stops the run before
+    any training. An evaluator that fails later is reported (an ``error`` record and a
+    message) and switched off; training goes on and its checkpoints are written."""
 
     def __init__(self, settings: EvalSettings, evaluators: Sequence[tuple[str, Any]],
                  datasets: Mapping[str, Callable[[], Any]]) -> None:
@@ -284,6 +288,7 @@ class OnlineEvaluation:
         self.evaluators = list(evaluators)
         self.datasets = datasets
         self.best: dict[str, float] = {}
+        self.failed = False
         self._built: dict[str, Any] = {}
 
     def selfsup_before_run(self, runner: Any) -> None:
@@ -300,6 +305,20 @@ class OnlineEvaluation:
             self._evaluate(runner, epoch=done)
 
     def _evaluate(self, runner: Any, epoch: int) -> None:
+        """Run the evaluator; a failure is reported and ends online evaluation, not the
+        training run (the epoch's checkpoint is still written)."""
+        if self.failed:
+            return
+        try:
+            self._run(runner, epoch)
+        except Exception as exc:  # noqa: BLE001 - the training run must not be lost to a monitor
+            self.failed = True
+            text = describe_exception(exc).splitlines()[0]
+            runner.log_metrics({"mode": "eval", "epoch": epoch, "error": text})
+            runner.logger.message(f"error: evaluation after epoch {epoch} failed ({text}); training goes on without "
+                                  "online evaluation; fix [evaluation] and check it with selfsup-run eval")
+
+    def _run(self, runner: Any, epoch: int) -> None:
         start = time.perf_counter()
         context = EvalContext(
             model=runner.model,

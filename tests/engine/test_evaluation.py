@@ -153,3 +153,20 @@ def test_selfsup_run_eval_errors_are_one_line(write_config, tmp_path, toy_env):
     assert "does not fit this config's model" in wrong.stderr
     unknown = _selfsup(["eval", str(path), "--evaluator", "nothing"], toy_env, tmp_path)
     assert unknown.returncode == 2 and "--evaluator nothing: no installed evaluator matches" in unknown.stderr
+
+
+def test_a_failing_online_evaluator_does_not_lose_the_training_run(write_config, tmp_path):
+    import selfsup_toy
+
+    selfsup_toy.FailingEvaluator.calls = 0
+    extra = EVALUATION.replace("selfsup_toy:ToyEvaluator", "selfsup_toy:FailingEvaluator").replace(
+        'online = "ToyEvaluator"', 'online = "FailingEvaluator"').replace("threshold = 0.0", "fail_at = 2")
+    work = tmp_path / "run"
+    stream = __import__("io").StringIO()
+    result = Trainer(load_config(write_config(extra), ["evaluation.interval=1"]), work_dir=work, stream=stream).run()
+    assert result["epoch"] == 3 and (work / "epoch_3.pth").exists()
+    evals = [r for r in _records(work) if r["mode"] == "eval"]
+    assert [(r["epoch"], r.get("toy_top1"), r.get("error")) for r in evals] == [
+        (1, 0.5, None), (2, None, "ValueError: the test split has no labels")]
+    assert selfsup_toy.FailingEvaluator.calls == 2  # switched off after the failure
+    assert "error: evaluation after epoch 2 failed (ValueError: the test split has no labels)" in stream.getvalue()

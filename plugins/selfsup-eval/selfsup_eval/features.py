@@ -168,17 +168,25 @@ def extract_dataset(context: EvalContext, dataset: Any, *, feature: str = "extra
     if length == 0:
         raise ValueError("the evaluation dataset is empty")
     loader = eval_loader(context, dataset)
-    chunks: list[torch.Tensor] = []
-    label_chunks: list[torch.Tensor] = []
+    count = len(loader.sampler)  # this process's share, padded to equal shares
+    # filled in place: no second copy of an ImageNet-sized feature matrix at the end
+    local: torch.Tensor | None = None
+    local_labels: torch.Tensor | None = torch.empty(count, dtype=torch.long, device=context.device)
+    done = 0
     with context.eval_mode() as model:
         for img, labels in iterate_batches(context, dataset, loader):
             with context.autocast():
                 output = model_output(model, img, feature)
-            chunks.append(pool_output(output, pool).float())
-            if labels is not None:
-                label_chunks.append(labels.reshape(-1).long())
-    local = torch.cat(chunks)
-    local_labels = torch.cat(label_chunks) if len(label_chunks) == len(chunks) else None
+            vectors = pool_output(output, pool)
+            if local is None:
+                local = torch.empty(count, vectors.shape[1], dtype=torch.float32, device=vectors.device)
+            local[done : done + len(vectors)] = vectors
+            if labels is None:
+                local_labels = None
+            elif local_labels is not None:
+                local_labels[done : done + len(vectors)] = labels.reshape(-1)
+            done += len(vectors)
+    assert local is not None and done == count
     return Features(_in_dataset_order(local, length, context.world_size),
                     None if local_labels is None else _in_dataset_order(local_labels, length, context.world_size))
 
