@@ -7,6 +7,7 @@ run sees exactly the batches the uninterrupted run would have seen.
 """
 from __future__ import annotations
 
+import copy
 import math
 import random
 from collections.abc import Iterator, Mapping
@@ -163,6 +164,16 @@ def build_loader(
     return loader, sampler
 
 
+def device_transform_of(dataset: Any, device: torch.device) -> Any:
+    """The dataset's batched ``device_transform`` (or None), as a copy on ``device`` when it
+    is a module (its buffers: normalisation constants ...); the dataset keeps its own on the
+    CPU, so that loader workers never receive CUDA tensors."""
+    transform = getattr(dataset, "device_transform", None)
+    if isinstance(transform, torch.nn.Module):
+        return copy.deepcopy(transform).to(device)
+    return transform
+
+
 def to_device(batch: Any, device: torch.device, non_blocking: bool = True) -> Any:
     """Move every tensor in a nested batch (dicts, lists, tuples) to ``device``."""
     if isinstance(batch, torch.Tensor):
@@ -206,4 +217,7 @@ def batch_size_of(batch: Any) -> int:
     return 0
 
 
-__all__ = ["SeededDataset", "SeededSampler", "batch_size_of", "build_loader", "images_to_channels_last", "to_device"]
+__all__ = [
+    "SeededDataset", "SeededSampler", "batch_size_of", "build_loader", "device_transform_of", "images_to_channels_last",
+    "to_device",
+]

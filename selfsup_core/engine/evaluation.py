@@ -387,7 +387,7 @@ def evaluate_checkpoint(
     Works under torchrun: every process extracts its shard, the main process writes.
     """
     from . import dist
-    from .runtime import has_conv2d, resolve_device, resolve_precision, revert_sync_batchnorm
+    from .runtime import device_type_of, has_conv2d, resolve_device, resolve_precision, revert_sync_batchnorm
 
     from ..build import validate
 
@@ -395,8 +395,7 @@ def evaluate_checkpoint(
     registries = registries if registries is not None else _registry.current()
     runner = config.data.get("runner", {}) if isinstance(config.data.get("runner"), Mapping) else {}
     wanted = device or runner.get("device", "auto")
-    device_type = "cuda" if (wanted == "auto" and torch.cuda.is_available()) or wanted.startswith("cuda") else "cpu"
-    info = dist.init_from_env(device_type)
+    info = dist.init_from_env(device_type_of(wanted))
     torch_device = resolve_device(wanted, info.local_rank)
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)

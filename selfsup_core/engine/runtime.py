@@ -51,6 +51,12 @@ def has_conv2d(module: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in module.modules())
 
 
+def device_type_of(requested: str) -> str:
+    """``"cuda"`` or ``"cpu"``: the kind of device ``requested`` (``auto``, ``cuda:1``, ...)
+    will resolve to, known before torch.distributed is set up (it picks the backend)."""
+    return "cuda" if (requested == "auto" and torch.cuda.is_available()) or requested.startswith("cuda") else "cpu"
+
+
 def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
     if requested == "auto":
@@ -108,6 +114,7 @@ def unwrap(model: Any) -> nn.Module:
 
 __all__ = [
     "BatchNormNd",
+    "device_type_of",
     "has_conv2d",
     "resolve_device",
     "resolve_precision",

@@ -8,7 +8,6 @@ logging. It is also the ``runner`` object the lifecycle hooks receive.
 """
 from __future__ import annotations
 
-import copy
 import inspect
 import os
 import signal
@@ -30,9 +29,9 @@ from ..config import Config
 from ..errors import ConfigError, SelfSupError, describe_exception
 from . import checkpoint as ckpt
 from . import dist
-from .data import batch_size_of, build_loader, images_to_channels_last, to_device
+from .data import batch_size_of, build_loader, device_transform_of, images_to_channels_last, to_device
 from .logger import RunLogger
-from .runtime import has_conv2d, resolve_device, resolve_precision, revert_sync_batchnorm, seed_everything
+from .runtime import device_type_of, has_conv2d, resolve_device, resolve_precision, revert_sync_batchnorm, seed_everything
 from .settings import RunSettings, read_settings
 
 RUN_MARKERS = (ckpt.LATEST, "metrics.jsonl")
@@ -142,8 +141,7 @@ class Trainer:
     def _setup(self) -> None:
         settings = self.settings
         wanted = settings.device
-        device_type = "cuda" if (wanted == "auto" and torch.cuda.is_available()) or wanted.startswith("cuda") else "cpu"
-        self.dist = dist.init_from_env(device_type)
+        self.dist = dist.init_from_env(device_type_of(wanted))
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.device = resolve_device(wanted, self.dist.local_rank)
         if self.device.type == "cuda":
@@ -209,11 +207,7 @@ class Trainer:
         self.lr_schedule = build_lr_schedule(self.config.data.get("lr_config"), self.optimizer,
                                              iters_per_epoch=self.iters_per_epoch, max_epochs=self.max_epochs,
                                              config=self.config, path=("lr_config",))
-        self.device_transform = getattr(self.dataset, "device_transform", None)
-        if isinstance(self.device_transform, nn.Module):
-            # a copy on the device (its buffers: normalisation constants ...); the dataset's
-            # own stays on the CPU, so that workers never receive CUDA tensors
-            self.device_transform = copy.deepcopy(self.device_transform).to(self.device)
+        self.device_transform = device_transform_of(self.dataset, self.device)
 
         compile_mode = settings.compile
         if compile_mode:

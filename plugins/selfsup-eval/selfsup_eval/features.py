@@ -19,7 +19,6 @@ How a model's output becomes one vector per image (``pool``):
 """
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -29,7 +28,7 @@ import torch
 from torch import nn
 
 from selfsup_core.engine import dist
-from selfsup_core.engine.data import build_loader, to_device
+from selfsup_core.engine.data import build_loader, device_transform_of, to_device
 from selfsup_core.engine.evaluation import EvalContext
 
 FEATURES = ("extract", "backbone", "neck")
@@ -114,14 +113,6 @@ def labels_of(batch: Any) -> torch.Tensor | None:
     if isinstance(batch, Mapping) and isinstance(batch.get("label"), torch.Tensor):
         return batch["label"]
     return None
-
-
-def device_transform_of(dataset: Any, device: torch.device) -> Any:
-    """A copy on ``device`` of the dataset's batched device-side augmentation, if it has one."""
-    transform = getattr(dataset, "device_transform", None)
-    if isinstance(transform, nn.Module):
-        return copy.deepcopy(transform).to(device)
-    return transform
 
 
 def eval_loader(context: EvalContext, dataset: Any, *, shuffle: bool = False, epoch: int = 0,
