@@ -114,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handler = {"train": _train, "eval": _eval, "tsne": _eval, "list": _list, "show-config": _show_config}[args.command]
     try:
-        return handler(args)
+        try:
+            return handler(args)
+        finally:
+            _leave_process_group()
     except SelfSupError as exc:
         if debug:
             raise
@@ -124,6 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _leave_process_group() -> None:
+    """Destroy the torch.distributed group a torchrun job set up (NCCL warns otherwise)."""
+    dist = sys.modules.get("selfsup_core.engine.dist")  # imported only by commands that use torch
+    if dist is not None:
+        dist.destroy()
 
 
 # -- commands -----------------------------------------------------------------------------
