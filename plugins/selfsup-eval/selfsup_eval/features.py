@@ -116,11 +116,12 @@ def labels_of(batch: Any) -> torch.Tensor | None:
 
 
 def eval_loader(context: EvalContext, dataset: Any, *, shuffle: bool = False, epoch: int = 0,
-                drop_last: bool = False) -> torch.utils.data.DataLoader:
-    """A loader over this process's shard of ``dataset`` (in order unless ``shuffle``)."""
+                drop_last: bool = False, batch_size: int | None = None) -> torch.utils.data.DataLoader:
+    """A loader over this process's shard of ``dataset`` (in order unless ``shuffle``) with
+    ``batch_size`` samples per batch (default: the context's ``samples_per_gpu``)."""
     loader, sampler = build_loader(
         dataset,
-        batch_size=context.samples_per_gpu,
+        batch_size=batch_size or context.samples_per_gpu,
         num_workers=context.workers_per_gpu,
         seed=context.seed,
         rank=context.rank,

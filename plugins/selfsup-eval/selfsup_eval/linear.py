@@ -21,7 +21,6 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Optional, Union
 
-import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -281,8 +280,7 @@ class LinearProbe:
         else:  # labels only seen batch by batch: the test labels tell (or num_classes)
             known = None
             num_classes = self.num_classes or test_classes
-        loader_context = attrs.evolve(context, samples_per_gpu=self.batch_size)
-        steps = len(eval_loader(loader_context, dataset, shuffle=True, epoch=0, drop_last=True))
+        steps = len(eval_loader(context, dataset, shuffle=True, drop_last=True, batch_size=self.batch_size))
         if steps == 0:
             raise ValueError(f"{OWNER}: the [evaluation.train] dataset has {len(dataset)} samples, fewer than "
                              f"batch_size * world_size = {self.batch_size * context.world_size}; lower batch_size")
@@ -291,7 +289,7 @@ class LinearProbe:
         classifier = self.build_classifier(dim, num_classes, generator).to(context.device)
 
         def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            loader = eval_loader(loader_context, dataset, shuffle=True, epoch=epoch, drop_last=True)
+            loader = eval_loader(context, dataset, shuffle=True, epoch=epoch, drop_last=True, batch_size=self.batch_size)
             with context.eval_mode() as model:
                 for img, labels in iterate_batches(context, dataset, loader):
                     with torch.no_grad(), context.autocast():
