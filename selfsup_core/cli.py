@@ -208,12 +208,11 @@ def _tsne_table(config: Any) -> dict[str, Any]:
 
 def _check_trainer_sections(config: Any, model: Any) -> None:
     """Validate [runner], [data], [optimizer], [lr_config] ... together; one error lists all."""
+    from .engine.evaluation import read_eval_settings
     from .engine.optim import build_optimizer
     from .engine.schedules import build_lr_schedule
     from .engine.settings import read_settings
     from .errors import ConfigError
-
-    from .engine.evaluation import read_eval_settings
 
     problems = []
     max_epochs = 1

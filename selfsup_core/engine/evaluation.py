@@ -41,6 +41,7 @@ from .. import registry as _registry
 from ..build import Builder
 from ..config import Config, KeyPath
 from ..errors import ConfigError, Problem, SelfSupError, describe_exception, did_you_mean
+from .settings import BOOL, INT, KeySpec, check_table, non_negative, positive
 
 SECTION = "evaluation"
 SPLITS = ("train", "test")
@@ -58,12 +59,12 @@ class EvalSettings:
     workers_per_gpu: int = 2
 
 
-_KEYS: dict[str, tuple[type, ...]] = {
-    "interval": (int,),
-    "initial": (bool,),
-    "online": (str,),
-    "samples_per_gpu": (int,),
-    "workers_per_gpu": (int,),
+_SCHEMA: dict[str, KeySpec] = {
+    "interval": ("interval", INT, non_negative),
+    "initial": ("initial", BOOL, None),
+    "online": ("online", (str,), None),
+    "samples_per_gpu": ("samples_per_gpu", INT, positive),
+    "workers_per_gpu": ("workers_per_gpu", INT, non_negative),
 }
 _TABLES = ("train", "test", "evaluators")
 
@@ -75,26 +76,7 @@ def read_eval_settings(config: Config) -> EvalSettings:
     if not isinstance(table, Mapping):
         raise ConfigError(config.problem((SECTION,), f"must be a table, got {type(table).__name__}"))
     problems: list[Problem] = []
-    values: dict[str, Any] = {}
-    known = [*_KEYS, *_TABLES]
-    for key, value in table.items():
-        path = (SECTION, key)
-        if key in _TABLES:
-            continue
-        types = _KEYS.get(key)
-        if types is None:
-            problems.append(config.problem(path, f"unknown key of [evaluation]{did_you_mean(key, known)}; "
-                                                 f"it takes {', '.join(known)}"))
-            continue
-        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-            problems.append(config.problem(path, f"must be {'true or false' if bool in types else types[0].__name__}, "
-                                                 f"got {value!r}"))
-            continue
-        minimum = {"interval": 0, "samples_per_gpu": 1, "workers_per_gpu": 0}.get(key)
-        if minimum is not None and value < minimum:
-            problems.append(config.problem(path, f"must be >= {minimum}, got {value}"))
-            continue
-        values[key] = value
+    values = check_table(config, SECTION, table, _SCHEMA, problems, passthrough=_TABLES)
     for split in SPLITS:
         if split in table and not (isinstance(table[split], Mapping) and "type" in table[split]):
             problems.append(config.problem((SECTION, split), "must be a dataset table with a type, "
@@ -289,13 +271,10 @@ class OnlineEvaluation:
         self.datasets = datasets
         self.best: dict[str, float] = {}
         self.failed = False
-        self._built: dict[str, Any] = {}
 
     def selfsup_before_run(self, runner: Any) -> None:
         # build the datasets now: a config error shows before the first epoch, not after it
-        for split, factory in self.datasets.items():
-            if split not in self._built:
-                self._built[split] = factory()
+        self.datasets = {split: (lambda built=factory(): built) for split, factory in self.datasets.items()}
         if self.settings.initial and runner.iter == 0:
             self._evaluate(runner, epoch=0)
 
@@ -322,7 +301,7 @@ class OnlineEvaluation:
         start = time.perf_counter()
         context = EvalContext(
             model=runner.model,
-            datasets={split: (lambda s=split: self._built[s]) for split in self._built},
+            datasets=self.datasets,
             device=runner.device,
             autocast_dtype=runner.autocast_dtype,
             channels_last=runner.channels_last,
@@ -387,7 +366,7 @@ def evaluate_checkpoint(
     Works under torchrun: every process extracts its shard, the main process writes.
     """
     from . import dist
-    from .runtime import device_type_of, has_conv2d, resolve_device, resolve_precision, revert_sync_batchnorm
+    from .runtime import device_type_of, resolve_device, resolve_precision, revert_sync_batchnorm, use_channels_last
 
     from ..build import validate
 
@@ -410,8 +389,7 @@ def evaluate_checkpoint(
     if checkpoint is not None:
         meta = load_weights(model, checkpoint)
     model = revert_sync_batchnorm(model).to(torch_device)
-    wants = runner.get("channels_last", "auto")
-    channels_last = bool(wants) if wants != "auto" else torch_device.type == "cuda" and has_conv2d(model)
+    channels_last = use_channels_last(runner.get("channels_last", "auto"), torch_device, model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
 
@@ -465,7 +443,6 @@ def load_weights(model: nn.Module, path: str) -> dict[str, Any]:
     """Load a training checkpoint (or a bare state dict of the whole model) into ``model``;
     returns the checkpoint's ``meta`` (``{}`` for a bare state dict)."""
     from . import checkpoint as ckpt
-    from ..errors import describe_exception
 
     if not Path(path).is_file():
         raise ckpt.CheckpointError(f"--checkpoint {path}: no such checkpoint file")

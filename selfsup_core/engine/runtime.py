@@ -51,6 +51,14 @@ def has_conv2d(module: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in module.modules())
 
 
+def use_channels_last(choice: bool | str, device: torch.device, model: nn.Module) -> bool:
+    """Whether to run ``model`` in channels_last: ``choice`` (the ``[runner] channels_last``
+    key), where ``"auto"`` means on CUDA for models with 2-d convolutions."""
+    if choice == "auto":
+        return device.type == "cuda" and has_conv2d(model)
+    return bool(choice)
+
+
 def device_type_of(requested: str) -> str:
     """``"cuda"`` or ``"cpu"``: the kind of device ``requested`` (``auto``, ``cuda:1``, ...)
     will resolve to, known before torch.distributed is set up (it picks the backend)."""
@@ -121,4 +129,5 @@ __all__ = [
     "revert_sync_batchnorm",
     "seed_everything",
     "unwrap",
+    "use_channels_last",
 ]

@@ -19,7 +19,7 @@ in one :class:`~selfsup_core.errors.ConfigError`.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -69,12 +69,12 @@ class RunSettings:
 
 
 # (section, key) -> (attribute, accepted python types, check(value) -> error text or None)
-def _positive(value: Any) -> str | None:
-    return None if value >= 1 else "must be >= 1"
+def positive(value: Any) -> str | None:
+    return None if value >= 1 else f"must be >= 1, got {value!r}"
 
 
-def _non_negative(value: Any) -> str | None:
-    return None if value >= 0 else "must be >= 0"
+def non_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must be >= 0, got {value!r}"
 
 
 def _one_of(choices: tuple[str, ...]):
@@ -108,33 +108,35 @@ def _compile(value: Any) -> str | None:
     return None
 
 
-_INT = (int,)
-_BOOL = (bool,)
-_SCHEMA: dict[tuple[str, str], tuple[str, tuple[type, ...], Any]] = {
-    ("", "seed"): ("seed", _INT, _non_negative),
-    ("", "deterministic"): ("deterministic", _BOOL, None),
+INT = (int,)
+BOOL = (bool,)
+#: How a key is read: (attribute, accepted python types, check(value) -> error text or None).
+KeySpec = tuple[str, tuple[type, ...], Any]
+_SCHEMA: dict[tuple[str, str], KeySpec] = {
+    ("", "seed"): ("seed", INT, non_negative),
+    ("", "deterministic"): ("deterministic", BOOL, None),
     ("", "work_dir"): ("work_dir", (str,), None),
     ("runner", "type"): ("", (str,), _one_of(("EpochBasedRunner",))),
-    ("runner", "max_epochs"): ("max_epochs", _INT, _positive),
+    ("runner", "max_epochs"): ("max_epochs", INT, positive),
     ("runner", "device"): ("device", (str,), _device),
     ("runner", "precision"): ("precision", (str,), _one_of(PRECISIONS)),
     ("runner", "channels_last"): ("channels_last", (bool, str), _one_of(("auto",))),
     ("runner", "compile"): ("compile", (bool, str), _compile),
-    ("runner", "cudnn_benchmark"): ("cudnn_benchmark", _BOOL, None),
-    ("runner", "find_unused_parameters"): ("find_unused_parameters", _BOOL, None),
-    ("data", "samples_per_gpu"): ("samples_per_gpu", _INT, _positive),
-    ("data", "workers_per_gpu"): ("workers_per_gpu", _INT, _non_negative),
-    ("data", "drop_last"): ("drop_last", _BOOL, None),
+    ("runner", "cudnn_benchmark"): ("cudnn_benchmark", BOOL, None),
+    ("runner", "find_unused_parameters"): ("find_unused_parameters", BOOL, None),
+    ("data", "samples_per_gpu"): ("samples_per_gpu", INT, positive),
+    ("data", "workers_per_gpu"): ("workers_per_gpu", INT, non_negative),
+    ("data", "drop_last"): ("drop_last", BOOL, None),
     ("data", "pin_memory"): ("pin_memory", (bool, str), _one_of(("auto",))),
-    ("data", "persistent_workers"): ("persistent_workers", _BOOL, None),
-    ("data", "prefetch_factor"): ("prefetch_factor", _INT, _positive),
+    ("data", "persistent_workers"): ("persistent_workers", BOOL, None),
+    ("data", "prefetch_factor"): ("prefetch_factor", INT, positive),
     ("optimizer_config", "grad_clip"): ("grad_clip", (dict, type(None)), _grad_clip),
-    ("optimizer_config", "accumulate_steps"): ("accumulate_steps", _INT, _positive),
-    ("optimizer_config", "update_interval"): ("accumulate_steps", _INT, _positive),
-    ("checkpoint_config", "interval"): ("checkpoint_interval", _INT, _positive),
-    ("checkpoint_config", "max_keep_ckpts"): ("max_keep_ckpts", _INT, None),
-    ("log_config", "interval"): ("log_interval", _INT, _positive),
-    ("log_config", "tensorboard"): ("tensorboard", _BOOL, None),
+    ("optimizer_config", "accumulate_steps"): ("accumulate_steps", INT, positive),
+    ("optimizer_config", "update_interval"): ("accumulate_steps", INT, positive),
+    ("checkpoint_config", "interval"): ("checkpoint_interval", INT, positive),
+    ("checkpoint_config", "max_keep_ckpts"): ("max_keep_ckpts", INT, None),
+    ("log_config", "interval"): ("log_interval", INT, positive),
+    ("log_config", "tensorboard"): ("tensorboard", BOOL, None),
     ("log_config", "progress"): ("progress", (str,), _one_of(PROGRESS_STYLES)),
 }
 #: Keys of trainer sections that hold components or belong to another module.
@@ -147,50 +149,66 @@ def _type_name(types: tuple[type, ...]) -> str:
     return " or ".join(names.get(t, t.__name__) for t in types)
 
 
+def check_table(
+    config: Config,
+    section: str,
+    table: Mapping[str, Any],
+    schema: Mapping[str, KeySpec],
+    problems: list[Problem],
+    passthrough: Iterable[str] = (),
+) -> dict[str, Any]:
+    """The attributes ``schema`` reads from ``table`` (the ``[section]`` of ``config``; ``""``:
+    the top level). Unknown keys (with a did-you-mean), wrong types and failed checks are
+    appended to ``problems``; keys in ``passthrough`` belong to someone else and are skipped."""
+    values: dict[str, Any] = {}
+    passthrough = tuple(passthrough)
+    known = [*schema, *passthrough]
+    for key, value in table.items():
+        path: KeyPath = (section, key) if section else (key,)
+        spec = schema.get(key)
+        if spec is None:
+            if section and key not in passthrough:
+                problems.append(config.problem(
+                    path, f"unknown key of [{section}]{did_you_mean(key, known)}; it takes {', '.join(known)}"))
+            continue
+        attribute, types, check = spec
+        if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
+            problems.append(config.problem(path, f"must be {_type_name(types)}, got {value!r}"))
+            continue
+        message = check(value) if check is not None else None
+        if message:
+            problems.append(config.problem(path, message))
+            continue
+        if attribute:
+            values[attribute] = value
+    return values
+
+
 def read_settings(config: Config) -> RunSettings:
     """The :class:`RunSettings` of ``config``; raises one ConfigError listing every problem."""
     problems: list[Problem] = []
     data = config.data
-
-    def problem(path: KeyPath, message: str) -> None:
-        problems.append(config.problem(path, message))
-
     for key in data:
         if key not in TOP_LEVEL_KEYS and not key.startswith("_"):
-            problem((key,), f"unknown top-level key{did_you_mean(key, TOP_LEVEL_KEYS)}")
+            problems.append(config.problem((key,), f"unknown top-level key{did_you_mean(key, TOP_LEVEL_KEYS)}"))
     values: dict[str, Any] = {}
     for section in ("", *_SECTIONS):
         table = data if section == "" else data.get(section, {})
         if section and not isinstance(table, Mapping):
-            problem((section,), f"must be a table, got {type(table).__name__}")
+            problems.append(config.problem((section,), f"must be a table, got {type(table).__name__}"))
             continue
-        known = [k for (s, k) in _SCHEMA if s == section] + [k for (s, k) in _PASSTHROUGH if s == section]
-        for key, value in table.items():
-            path: KeyPath = (section, key) if section else (key,)
-            spec = _SCHEMA.get((section, key))
-            if spec is None:
-                if section and (section, key) not in _PASSTHROUGH:
-                    problem(path, f"unknown key of [{section}]{did_you_mean(key, known)}; it takes {', '.join(known)}")
-                continue
-            attribute, types, check = spec
-            ok = isinstance(value, types) and not (bool not in types and isinstance(value, bool))
-            if not ok:
-                problem(path, f"must be {_type_name(types)}, got {value!r}")
-                continue
-            message = check(value) if check is not None else None
-            if message:
-                problem(path, message)
-                continue
-            if attribute:
-                values[attribute] = value
+        schema = {k: spec for (s, k), spec in _SCHEMA.items() if s == section}
+        passthrough = [k for (s, k) in _PASSTHROUGH if s == section]
+        values.update(check_table(config, section, table, schema, problems, passthrough))
     if "max_epochs" not in values and not any(p.key == "runner.max_epochs" for p in problems):
-        problem(("runner",), "missing max_epochs: add [runner] max_epochs = N")
+        problems.append(config.problem(("runner",), "missing max_epochs: add [runner] max_epochs = N"))
     data_table = data.get("data")
     if not isinstance(data_table, Mapping) or "train" not in data_table:
-        problem(("data",), "missing the training dataset: add a [data.train] table with a type")
+        problems.append(config.problem(("data",), "missing the training dataset: add a [data.train] table with a type"))
     if problems:
         raise ConfigError(problems)
     return RunSettings(**values)
 
 
-__all__ = ["PRECISIONS", "RunSettings", "TOP_LEVEL_KEYS", "read_settings"]
+__all__ = ["BOOL", "INT", "PRECISIONS", "KeySpec", "RunSettings", "TOP_LEVEL_KEYS", "check_table", "non_negative",
+           "positive", "read_settings"]

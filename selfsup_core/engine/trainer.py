@@ -31,7 +31,9 @@ from . import checkpoint as ckpt
 from . import dist
 from .data import batch_size_of, build_loader, device_transform_of, images_to_channels_last, to_device
 from .logger import RunLogger
-from .runtime import device_type_of, has_conv2d, resolve_device, resolve_precision, revert_sync_batchnorm, seed_everything
+from .runtime import (
+    device_type_of, resolve_device, resolve_precision, revert_sync_batchnorm, seed_everything, use_channels_last,
+)
 from .settings import RunSettings, read_settings
 
 RUN_MARKERS = (ckpt.LATEST, "metrics.jsonl")
@@ -171,7 +173,7 @@ class Trainer:
         if not dist.is_distributed() or self.device.type != "cuda":
             model = revert_sync_batchnorm(model)
         model.to(self.device)
-        self.channels_last = self._wants_channels_last(model)
+        self.channels_last = use_channels_last(settings.channels_last, self.device, model)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
@@ -236,12 +238,6 @@ class Trainer:
                 f"{f' x {self.world_size} processes' if self.world_size > 1 else ''}, "
                 f"precision {str(self.autocast_dtype).replace('torch.', '') if self.autocast_dtype else 'fp32'}, "
                 f"{len(self.dataset)} samples, {self.iters_per_epoch} iterations/epoch, work dir {self.work_dir}")
-
-    def _wants_channels_last(self, model: nn.Module) -> bool:
-        choice = self.settings.channels_last
-        if choice == "auto":
-            return self.device.type == "cuda" and has_conv2d(model)
-        return bool(choice)
 
     def _prepare_work_dir(self) -> Path | None:
         """Create the work dir, refuse to clobber a run, and find the checkpoint to resume."""
