@@ -16,12 +16,18 @@ Fixtures:
 Helpers: :func:`components_of` lists a distribution's components and
 :func:`assert_validated_from_config` checks that a misspelt TOML key of a component is the
 core's ConfigError (parametrize a test over the first with the second).
+:func:`derive_config` writes a config that inherits a shipped one with tables replaced (e.g.
+its data source by a small ``.npz``), :func:`run_selfsup` runs ``selfsup-run`` in a real
+subprocess and :func:`read_metrics` reads the run's ``metrics.jsonl``.
 
 This module must stay cheap to import (pytest loads it in every session): no torch.
 """
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -195,3 +201,53 @@ def assert_validated_from_config(kind: str, name: str) -> None:
     assert not open_ended, f"{name} accepts **kwargs: the core cannot catch a misspelt key"
     with pytest.raises(ConfigError, match=r"no_such_argument: unknown argument of " + name):
         build({"type": name, "no_such_argument": 1}, kind)
+
+
+def derive_config(base: str | os.PathLike[str], out: str | os.PathLike[str],
+                  replace: Mapping[str, Mapping[str, Any]] | None = None,
+                  values: Mapping[str, Any] | None = None) -> Path:
+    """Write a config ``out`` that inherits ``base`` (``_base_``), replaces whole tables
+    (``replace``: dotted key -> new table, written with ``_delete_ = true``) and sets single
+    values (``values``: dotted key -> value). Returns ``out``.
+
+    For tests and benchmarks that run a shipped config on other data, e.g.
+    ``replace={"data.train.data_source": {"type": "NumpyArrays", "file": "x.npz"}}``.
+    """
+    from .config import dump_toml
+
+    data: dict[str, Any] = {"_base_": [str(Path(base).resolve())]}
+
+    def table_at(dotted: str) -> tuple[dict[str, Any], str]:
+        *parents, leaf = dotted.split(".")
+        node = data
+        for key in parents:
+            node = node.setdefault(key, {})
+        return node, leaf
+
+    for dotted, table in (replace or {}).items():
+        node, leaf = table_at(dotted)
+        node[leaf] = {"_delete_": True, **table}
+    for dotted, value in (values or {}).items():
+        node, leaf = table_at(dotted)
+        node[leaf] = value
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(dump_toml(data), encoding="utf-8")
+    return out
+
+
+def run_selfsup(*args: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None,
+                timeout: float = 600, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``selfsup-run ARGS...`` in a real subprocess (the interpreter running the tests, so
+    the same environment) and return the completed process with text stdout/stderr. Does not
+    raise on a non-zero exit: assert on ``returncode`` and show ``stderr``."""
+    command = [sys.executable, "-m", "selfsup_core.cli", *map(str, args)]
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def read_metrics(work_dir: str | os.PathLike[str], mode: str | None = None) -> list[dict[str, Any]]:
+    """The records of ``work_dir/metrics.jsonl`` (only those of ``mode``, e.g. ``"train"``)."""
+    lines = (Path(work_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]
+    return [r for r in records if mode is None or r.get("mode") == mode]

@@ -1,0 +1,154 @@
+"""Pre-train a method's Fashion-MNIST config for a short schedule and record its kNN accuracy.
+
+Runs ``selfsup-run CONFIG`` (a real subprocess, the shipped config) with
+
+- the training set cut to ``--train-samples`` random Fashion-MNIST training images (the
+  ``Subset`` data source wrapped around the config's own source) and ``--epochs`` epochs;
+- the online kNN evaluation (weighted kNN, k = 200, T = 0.1) run once, after the last epoch,
+  with a bank of ``--bank-samples`` training images and ``--test-samples`` test images
+  (``--bank-samples 60000 --test-samples 10000`` is the full protocol);
+- ``--cfg-options`` passed on (e.g. a narrower backbone for a CPU run, said in the record).
+
+and scores raw pixels (the ``Extractor``/``RawPixels`` config) on the same bank and test images,
+the reference a trained backbone has to beat. Prints the figures and writes
+``benchmarks/results/fashion_mnist_<name>.json`` (``--name``, default: the config's algorithm).
+
+    python benchmarks/fashion_mnist_pretrain.py examples/configs/simclr_resnet18_1xb256-coslr-200e_fashion-mnist.toml \
+        --epochs 4 --train-samples 10000 [--device cpu] [--cfg-options KEY=VALUE ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+RAW_PIXELS = REPO / "examples" / "configs" / "extractor_raw-pixels_fashion-mnist.toml"
+
+
+def subset_tables(config: Any, train_samples: int, bank_samples: int, test_samples: int) -> dict[str, dict]:
+    """The config's data sources wrapped in ``Subset`` tables (seed 0: the same images every run)."""
+    tables = {}
+    for dotted, count in (("data.train.data_source", train_samples), ("evaluation.train.data_source", bank_samples),
+                          ("evaluation.test.data_source", test_samples)):
+        node = config.data
+        for key in dotted.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise SystemExit(f"{config.filename}: {dotted} is missing; the benchmark needs a Fashion-MNIST config "
+                             "with a data source and an [evaluation] section")
+        tables[dotted] = {"type": "Subset", "num_samples": count, "seed": 0, "source": node}
+    return tables
+
+
+def run(command: list[str], log: Path) -> float:
+    """Run ``command``, its output to ``log``; returns the wall time. Exits with the log's tail on failure."""
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.run(command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
+        raise SystemExit(f"{' '.join(command)} failed (exit {proc.returncode}):\n{tail}")
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--train-samples", type=int, default=10000)
+    parser.add_argument("--bank-samples", type=int, default=10000)
+    parser.add_argument("--test-samples", type=int, default=2000)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--name", default=None, help="results file name: fashion_mnist_<name>.json")
+    parser.add_argument("--note", default="", help="a sentence saved with the figures (what was changed and why)")
+    parser.add_argument("--cfg-options", "--set", nargs="+", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--keep", type=Path, default=None, help="work dir to keep (default: a temporary one)")
+    args = parser.parse_args(argv)
+
+    from selfsup_core.config import load_config
+    from selfsup_core.testing import derive_config, read_metrics
+
+    config_path = args.config.resolve()
+    config = load_config(config_path, args.cfg_options)
+    algorithm = str(config.data.get("model", {}).get("type", config_path.stem.split("_")[0]))
+    name = args.name or algorithm.lower()
+    selfsup_run = str(Path(sys.executable).with_name("selfsup-run"))
+    device = ["--device", args.device] if args.device else []
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.keep or Path(tmp) / "train"
+        tables = subset_tables(config, args.train_samples, args.bank_samples, args.test_samples)
+        values = {"runner.max_epochs": args.epochs, "evaluation.interval": args.epochs, "evaluation.initial": False}
+        derived = derive_config(config_path, Path(tmp) / "derived.toml", replace=tables, values=values)
+        train_cmd = [selfsup_run, str(derived), "--work-dir", str(work), *device]
+        if args.cfg_options:
+            train_cmd += ["--cfg-options", *args.cfg_options]
+        print(f"training {config_path.name}: {args.epochs} epochs on {args.train_samples} images ...", flush=True)
+        train_seconds = run(train_cmd, Path(tmp) / "train.log")
+        train = read_metrics(work, "train")
+        evals = read_metrics(work, "eval")
+        if not evals:
+            raise SystemExit(f"{work}/metrics.jsonl has no evaluation record")
+        result = evals[-1]
+
+        raw_tables = {k: v for k, v in tables.items() if k.startswith("evaluation.")}
+        raw_config = derive_config(RAW_PIXELS, Path(tmp) / "raw.toml", replace=raw_tables)
+        raw_out = Path(tmp) / "raw.json"
+        run([selfsup_run, "eval", str(raw_config), "--work-dir", str(Path(tmp) / "raw"), "--out", str(raw_out),
+             "--evaluator", "knn", *device], Path(tmp) / "raw.log")
+        raw = json.loads(raw_out.read_text())["results"]
+        header = next(line for line in (Path(tmp) / "train.log").read_text().splitlines() if line.startswith("selfsup "))
+
+    by_epoch: dict[int, list[float]] = {}
+    for record in train:
+        by_epoch.setdefault(int(record["epoch"]), []).append(float(record["loss"]))
+    epoch_loss = {epoch: round(sum(v) / len(v), 4) for epoch, v in sorted(by_epoch.items())}
+    speed = [r["images_per_s"] for r in train if "images_per_s" in r]
+    import torch
+
+    figures = {
+        "config": str(config_path.relative_to(REPO)) if config_path.is_relative_to(REPO) else str(config_path),
+        "algorithm": algorithm,
+        "command": "python benchmarks/fashion_mnist_pretrain.py " + " ".join(
+            [str(args.config), "--epochs", str(args.epochs), "--train-samples", str(args.train_samples),
+             "--bank-samples", str(args.bank_samples), "--test-samples", str(args.test_samples), *device]
+            + (["--cfg-options", *args.cfg_options] if args.cfg_options else [])),
+        "note": args.note,
+        "run": header,
+        "epochs": args.epochs,
+        "train_samples": args.train_samples,
+        "knn_bank_samples": args.bank_samples,
+        "knn_test_samples": args.test_samples,
+        "knn_top1": round(float(result["knn_top1"]), 4),
+        "knn_top5": round(float(result["knn_top5"]), 4),
+        "raw_pixel_knn_top1": round(float(raw["knn_top1"]), 4),
+        "train_seconds": round(train_seconds, 1),
+        "images_per_s_median": sorted(speed)[len(speed) // 2] if speed else None,
+        "mean_loss_by_epoch": epoch_loss,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"fashion_mnist_{name}.json"
+    tmp_out = out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(figures, indent=2) + "\n")
+    os.replace(tmp_out, out)
+    print(f"{algorithm}: kNN top-1 {figures['knn_top1']:.4f} (raw pixels {figures['raw_pixel_knn_top1']:.4f} on the "
+          f"same {args.bank_samples}/{args.test_samples} images) after {args.epochs} epochs on {args.train_samples} "
+          f"images in {train_seconds:.0f} s; loss by epoch {epoch_loss}")
+    print(f"wrote {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
