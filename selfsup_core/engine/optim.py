@@ -25,7 +25,10 @@ that parameter (later matches are ignored). Options:
 * ``decay_mult``: multiplies the weight decay (after ``weight_decay`` if both are given);
 * ``lr_mult``: multiplies the learning rate;
 * ``momentum``: the momentum of the parameter (optimizers that take ``momentum`` only);
-* ``lars_exclude``: true skips the LARS trust ratio (ignored by other optimizers).
+* ``lars_exclude``: true skips the LARS trust ratio (ignored by other optimizers);
+* ``fix_lr``: true puts the parameters in param groups of their own marked
+  ``fix_lr = True``, for a trainer hook that keeps their lr fixed (MMSelfSup 0.x's
+  ``SimSiamHook``; the lr schedule itself sets every group).
 
 ``exclude_bias_and_norm = true`` gives ``weight_decay = 0`` and ``lars_exclude = true`` to
 parameters of normalisation layers (BatchNorm, SyncBatchNorm, InstanceNorm, GroupNorm,
@@ -57,6 +60,7 @@ Keys of every param group (the schedules read them)
 * ``lr``: starts at ``initial_lr``;
 * ``weight_decay``: the group's weight decay after ``weight_decay``/``decay_mult``;
 * ``lars_exclude``: bool, True when the LARS trust ratio is skipped;
+* ``fix_lr``: True where a paramwise option set ``fix_lr = true`` (absent otherwise);
 * ``momentum`` where a paramwise option sets it.
 """
 from __future__ import annotations
@@ -89,6 +93,7 @@ PARAMWISE_OPTIONS: dict[str, tuple[type, ...]] = {
     "lr_mult": (int, float),
     "decay_mult": (int, float),
     "lars_exclude": (bool,),
+    "fix_lr": (bool,),
     "momentum": (int, float),
 }
 #: Keys of ``[optimizer]`` that the builder reads itself (not optimizer arguments).
@@ -271,7 +276,8 @@ def build_optimizer(
                 weight_decay = 0.0
         weight_decay *= float(options.get("decay_mult", 1.0))
         momentum = options.get("momentum")
-        key = (lr_mult, weight_decay, lars_exclude, momentum)
+        fix_lr = bool(options.get("fix_lr", False))
+        key = (lr_mult, weight_decay, lars_exclude, momentum, fix_lr)
         group = groups.get(key)
         if group is None:
             group = groups[key] = {"params": [], "lr_mult": lr_mult, "weight_decay": weight_decay,
@@ -280,6 +286,8 @@ def build_optimizer(
                 group["lr"] = group["initial_lr"] = base_lr * lr_mult
             if momentum is not None:
                 group["momentum"] = float(momentum)
+            if fix_lr:
+                group["fix_lr"] = True
         group["params"].append(param)
 
     if not groups:
@@ -350,9 +358,9 @@ def _parse_paramwise(table: Any, klass: type, problems: _Problems) -> list[tuple
                 problems.add((*where, option), f"unknown paramwise option{hint}")
             elif not isinstance(value, PARAMWISE_OPTIONS[option]) or (bool not in PARAMWISE_OPTIONS[option]
                                                                        and isinstance(value, bool)):
-                wanted = "true or false" if option == "lars_exclude" else "a number"
+                wanted = "true or false" if bool in PARAMWISE_OPTIONS[option] else "a number"
                 problems.add((*where, option), f"must be {wanted}, got {describe_value(value)}")
-            elif option != "lars_exclude" and value < 0:
+            elif bool not in PARAMWISE_OPTIONS[option] and value < 0:
                 problems.add((*where, option), f"must be >= 0, got {value!r}")
             elif option == "momentum" and not takes_momentum:
                 problems.add((*where, option), f"optimizer {klass.__name__} takes no momentum argument")
