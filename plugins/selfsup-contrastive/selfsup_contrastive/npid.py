@@ -98,6 +98,7 @@ class NPID(BaseAlgorithm):
         self.neg_num = neg_num
         self.ensure_neg = bool(ensure_neg)
         self._length_checked = False
+        self.init_weights()
 
     def _check_idx(self, idx: torch.Tensor) -> None:
         """Once: the batch's dataset indices fit the bank (one host sync in the first step)."""
