@@ -31,9 +31,10 @@ class ClusteringAlgorithm(BaseAlgorithm):
     """What DeepCluster and ODC share: the optional Sobel input layer, the class weights
     of the head's cross-entropy, and the features that are clustered.
 
-    ``loss_weight`` (buffer ``(num_classes,)``) starts uniform and is the ``weight`` of
-    the head's ``criterion`` (a ``CrossEntropyLoss``), so the state dict has the same keys
-    before and after :meth:`set_reweight`.
+    The head's ``criterion`` is a ``CrossEntropyLoss`` whose ``weight`` buffer
+    (:attr:`loss_weight`, ``(num_classes,)``, state-dict key ``head.criterion.weight``)
+    starts uniform (the plain mean cross-entropy) and is overwritten in place by
+    :meth:`set_reweight`, so the state dict has the same keys before and after re-weighting.
     """
 
     def __init__(self, backbone: nn.Module, neck: nn.Module | None, head: nn.Module, with_sobel: bool,
@@ -47,8 +48,12 @@ class ClusteringAlgorithm(BaseAlgorithm):
             raise ValueError(f"{owner}: the head must be a classification head with num_classes, criterion and "
                              f"loss() (ClsHead), got {type(head).__name__}")
         self.num_classes = num_classes
-        self.register_buffer("loss_weight", torch.full((num_classes,), 1.0 / num_classes))
-        head.criterion = nn.CrossEntropyLoss(weight=self.loss_weight)
+        head.criterion = nn.CrossEntropyLoss(weight=torch.full((num_classes,), 1.0 / num_classes))
+
+    @property
+    def loss_weight(self) -> torch.Tensor:
+        """The class weights of the head's cross-entropy (its ``criterion.weight`` buffer)."""
+        return self.head.criterion.weight
 
     def extract_feat(self, img: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The backbone's outputs for ``img`` (after the Sobel layer when ``with_sobel``)."""
