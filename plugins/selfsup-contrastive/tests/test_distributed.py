@@ -1,0 +1,71 @@
+"""Two CPU processes (gloo): SimCLR's loss and gradients with negatives gathered across
+processes equal one process's on the whole batch; MoCo's shuffling BN returns each key in its
+sample's place and every process enqueues the keys of all processes."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from selfsup_models.heads import ContrastiveHead
+
+from selfsup_contrastive.simclr import nt_xent_logits
+
+WORKER = Path(__file__).with_name("dist_worker_contrastive.py")
+
+
+def _worker_module():
+    spec = importlib.util.spec_from_file_location("selfsup_contrastive_tests_dist_worker", WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    out = tmp_path_factory.mktemp("dist")
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    for p, text in zip(procs, outputs):
+        assert p.returncode == 0, text
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_simclr_gathered_negatives_give_the_single_process_loss_and_gradient(ranks) -> None:
+    data = _worker_module().full_data()
+    weight = data["weight"].clone().requires_grad_(True)
+    z = torch.cat((data["view_1"], data["view_2"])) @ weight.T      # all 4 images on one process
+    loss = ContrastiveHead(temperature=0.5)(*nt_xent_logits(z, z))["loss"]
+    loss.backward()
+    for result in ranks:
+        torch.testing.assert_close(result["simclr_loss"], loss.detach())
+        torch.testing.assert_close(result["simclr_grad"], weight.grad)
+
+
+def test_moco_shuffled_keys_come_back_in_order_and_queues_agree(ranks) -> None:
+    data = _worker_module().full_data()
+    expected = F.normalize(data["keys_in"], dim=1)                   # identity encoder
+    for rank, result in enumerate(ranks):
+        torch.testing.assert_close(result["moco_keys"], expected[rank * 2:(rank + 1) * 2])
+        torch.testing.assert_close(result["queue"][:, :4], expected.T)  # both ranks' keys, rank order
+        assert int(result["queue_ptr"]) == 4
