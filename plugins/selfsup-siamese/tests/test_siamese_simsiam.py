@@ -157,14 +157,6 @@ def test_the_predictor_lr_stays_fixed_while_the_rest_follows_the_schedule(instal
     assert steps[-1]["groups"][0][0] < 0.002  # the schedule did go down
 
 
-def test_hook_with_an_explicit_lr_and_switched_off(installed, tiny_config, tmp_path: Path) -> None:
-    steps = run_with_recorder(installed, tiny_config, tmp_path / "a", {"type": "SimSiamHook", "lr": 0.01})
-    assert all(g[0] == 0.01 for s in steps for g in s["groups"] if g[1])
-    steps = run_with_recorder(installed, tiny_config, tmp_path / "b", {"type": "SimSiamHook", "fix_pred_lr": False})
-    last = steps[-1]
-    assert len({round(g[0], 15) for g in last["groups"]}) == 1  # every group follows the schedule
-
-
 class FakeRunner:
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
@@ -197,6 +189,22 @@ def test_hook_restores_before_each_step_and_detaches_after_the_run() -> None:
     assert optimizer.param_groups[1]["lr"] == 0.05  # no longer attached
 
 
+def test_hook_with_an_explicit_lr_and_switched_off() -> None:
+    layer = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD([{"params": [layer.weight]}, {"params": [layer.bias], "fix_lr": True}], lr=0.1)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = 0.1
+    SimSiamHook(lr=0.01).selfsup_before_run(FakeRunner(optimizer))
+    optimizer.param_groups[1]["lr"] = 0.05
+    optimizer.step()
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.01]
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)  # no fix_lr group: no error when switched off
+    SimSiamHook(fix_pred_lr=False).selfsup_before_run(FakeRunner(optimizer))
+    optimizer.param_groups[0]["lr"] = 0.05
+    optimizer.step()
+    assert optimizer.param_groups[0]["lr"] == 0.05
+
+
 # -- the shipped configs and one epoch ---------------------------------------------------------------
 @pytest.mark.parametrize("name", [FASHION, IMAGENET])
 def test_shipped_config_passes_check(installed, name: str, capsys: pytest.CaptureFixture) -> None:
@@ -205,7 +213,9 @@ def test_shipped_config_passes_check(installed, name: str, capsys: pytest.Captur
 
 
 def test_one_epoch_through_selfsup_run_lowers_the_loss(tiny_config, tmp_path: Path) -> None:
-    cfg = tiny_config(FASHION, TINY_MLPS)
+    # 8 iterations: a high lr makes the fall clear (loss about 0.01 -> -0.3 at seeds 0 and 1; at lr 0.03 it
+    # stays near 0)
+    cfg = tiny_config(FASHION, {**TINY_MLPS, "optimizer.lr": 1.0})
     work = tmp_path / "work"
     proc = run_selfsup(cfg, "--work-dir", work, "--device", "cpu", env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
