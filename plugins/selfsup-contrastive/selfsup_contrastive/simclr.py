@@ -92,7 +92,7 @@ class SimCLR(BaseAlgorithm):
     def forward_train(self, img: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         view_1, view_2 = check_views("SimCLR", img, 2)
         z = self.neck(self.backbone(torch.cat((view_1, view_2), dim=0)))[0]    # (2N, D)
-        z_all = dist.all_gather_with_grad(F.normalize(z, dim=1))
+        z_all = dist.all_gather_with_grad(z)
         pos, neg = nt_xent_logits(z, z_all, dist.get_rank())
         return self.head(pos, neg)
 
