@@ -53,6 +53,12 @@ class ODC(ClusteringAlgorithm):
         self.memory_bank = memory_bank
         self.loss_weight.copy_(memory_bank.loss_weight)
         self.init_weights()
+        # The memory's replicas are kept equal by the memory itself (gathered updates, broadcasts
+        # from process 0); DistributedDataParallel must not broadcast them at every forward
+        # (the samples memory of ImageNet is 1.3 GB).
+        ignore = getattr(nn.parallel.DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
+        if ignore is not None:
+            ignore(self, [f"memory_bank.{name}" for name, _ in memory_bank.named_buffers()])
 
     def forward_train(self, img: torch.Tensor, idx: torch.Tensor | None = None, **kwargs: Any
                       ) -> dict[str, torch.Tensor]:
