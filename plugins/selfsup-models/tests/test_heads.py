@@ -13,8 +13,6 @@ from torch import nn
 from selfsup_models.heads import (
     ClsHead,
     ContrastiveHead,
-    LatentClsHead,
-    LatentCrossCorrelationHead,
     LatentPredictHead,
     MoCoV3Head,
     SwAVHead,
