@@ -51,7 +51,9 @@ def run_config(fm_npz: Path, tmp_path: Path) -> Callable[..., tuple[Path, list[f
         work_dir = work_dir or tmp_path / "work"
         if options:
             extra_args = (*extra_args, "--cfg-options", *options)
-        proc = run_selfsup(cfg, "--work-dir", work_dir, "--device", "cpu", *extra_args)
+        # one intra-op thread: on a loaded CPU, OpenMP threads that wait for each other make a
+        # tiny run several times slower
+        proc = run_selfsup(cfg, "--work-dir", work_dir, "--device", "cpu", *extra_args, env={"OMP_NUM_THREADS": "1"})
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert (work_dir / "latest.pth").is_file()
         losses = [float(r["loss"]) for r in read_metrics(work_dir, "train") if "loss" in r]
@@ -79,3 +81,13 @@ def small_values() -> Callable[..., dict[str, Any]]:
 def make_runner() -> Callable[..., SimpleNamespace]:
     """:func:`fake_runner` as a fixture."""
     return fake_runner
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread for these tests' tiny models (restored afterwards): on a loaded
+    CPU, OpenMP threads that wait for each other make them several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
