@@ -38,8 +38,8 @@ def fashion_mnist_npz(path: str | os.PathLike[str], num_samples: int = 256, spli
     dataset is not installed and synthetic images were written instead."""
     path = Path(path)
     try:
-        roots = ["data/fashion-mnist"] if os.path.isdir("data/fashion-mnist") else [None]
-        source = FashionMNIST(root=roots[0], split=split)
+        root = "data/fashion-mnist" if os.path.isdir("data/fashion-mnist") else None
+        source = FashionMNIST(root=root, split=split)
         images, labels, real = source.images[:num_samples], source.labels[:num_samples], True
     except FileNotFoundError:
         images, labels = _synthetic(num_samples, seed)
