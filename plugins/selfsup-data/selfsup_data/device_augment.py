@@ -442,7 +442,8 @@ class BatchDeviceTransform(nn.Module):
         self._has_module = [m is not None for m in per_view]
         self.per_view = nn.ModuleList([m if m is not None else nn.Identity() for m in per_view])
 
-    def _apply(self, k: int, view: torch.Tensor) -> torch.Tensor:
+    def _transform_view(self, k: int, view: torch.Tensor) -> torch.Tensor:
+        # not ``_apply``: that name is nn.Module's hook for ``.to()`` / ``.cuda()``
         index = 0 if len(self.per_view) == 1 else k
         if not self._has_module[index]:
             return _to_float01(view)
@@ -454,5 +455,5 @@ class BatchDeviceTransform(nn.Module):
         if len(self.per_view) != 1 and len(views) != len(self.per_view):
             raise ValueError(f"BatchDeviceTransform: the batch has {len(views)} views but {len(self.per_view)} "
                              "per-view modules were given")
-        out = [self._apply(k, v) for k, v in enumerate(views)]
+        out = [self._transform_view(k, v) for k, v in enumerate(views)]
         return {**batch, "img": out if isinstance(img, (list, tuple)) else out[0]}

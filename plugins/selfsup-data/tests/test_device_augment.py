@@ -9,6 +9,7 @@ import torch
 import torchvision.transforms.v2 as T
 from PIL import Image
 from selfsup_core.build import build
+from selfsup_core.engine.data import device_transform_of
 from torch.utils.data import DataLoader
 
 from selfsup_data.device_augment import BatchDeviceTransform, DeviceAugment, ToUint8CHW, shift_hue, split_pipeline
@@ -265,8 +266,10 @@ def test_multiview_dataset_device_path(tmp_path):
     assert isinstance(dataset, views.MultiViewDataset)
     batch = next(iter(DataLoader(dataset, batch_size=4, num_workers=0)))
     assert [v.dtype for v in batch["img"]] == [torch.uint8] * 3
+    moved = device_transform_of(dataset, torch.device("cpu"))  # what the trainer does: a copy, .to(device)
+    assert moved is not dataset.device_transform
     with torch.no_grad():
-        batch = dataset.device_transform(batch)
+        batch = moved(batch)
     assert [tuple(v.shape) for v in batch["img"]] == [(4, 3, 16, 16), (4, 3, 16, 16), (4, 3, 8, 8)]
     assert all(v.dtype == torch.float32 for v in batch["img"])
     assert batch["img"][0].min() < 0 < batch["img"][0].max()  # normalised, not 0..1
