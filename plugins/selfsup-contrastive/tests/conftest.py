@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from selfsup_core.testing import derive_config, read_metrics, run_selfsup
-from selfsup_data.testing import fashion_mnist_npz
+from selfsup_data.testing import fashion_mnist_npz, run_config_on_npz
 
 CONFIGS = Path(__file__).resolve().parents[3] / "examples" / "configs"
 
@@ -19,37 +18,14 @@ def fm_npz(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def small_run_values(**extra: Any) -> dict[str, Any]:
-    """Overrides that make one epoch of a Fashion-MNIST config take a few seconds on a CPU."""
-    values = {
-        "runner.max_epochs": 1, "data.samples_per_gpu": 32, "data.workers_per_gpu": 0,
-        "log_config.interval": 1, "evaluation.interval": 0, "model.backbone.base_channels": 8,
-        "model.backbone.stem_channels": 8, "model.backbone.depth": 18,
-    }
-    values.update(extra)
-    return values
-
-
 @pytest.fixture
 def run_one_epoch(fm_npz: Path, tmp_path: Path) -> Callable[..., tuple[Path, list[float]]]:
-    """``run_one_epoch(config_name, values) -> (work_dir, losses)``: one epoch of the shipped
-    config ``examples/configs/<config_name>`` on the 256-image subset through ``selfsup-run``,
-    with :func:`small_run_values` and then ``values`` applied;
-    asserts success and a checkpoint, and returns the per-iteration training losses."""
+    """``run_one_epoch(config_name, values, *args) -> (work_dir, losses)``: one small epoch of
+    the shipped config ``examples/configs/<config_name>`` on the 256-image subset through
+    ``selfsup-run`` (:func:`selfsup_data.testing.run_config_on_npz`), ``values`` applied last."""
 
     def run(config_name: str, values: dict[str, Any], *extra_args: str) -> tuple[Path, list[float]]:
-        source = {"type": "NumpyArrays", "file": str(fm_npz)}
-        cfg = derive_config(CONFIGS / config_name, tmp_path / "cfg.toml",
-                            replace={"data.train.data_source": source, "evaluation.train.data_source": source,
-                                     "evaluation.test.data_source": source},
-                            values={**small_run_values(), **values})
         work_dir = tmp_path / "work"
-        # one thread: on a small shared CPU several threads per process only contend
-        proc = run_selfsup(cfg, "--work-dir", work_dir, "--device", "cpu", *extra_args, env={"OMP_NUM_THREADS": "1"})
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert (work_dir / "latest.pth").is_file()
-        losses = [float(r["loss"]) for r in read_metrics(work_dir, "train") if "loss" in r]
-        return work_dir, losses
+        return work_dir, run_config_on_npz(CONFIGS / config_name, fm_npz, work_dir, values, *extra_args)
 
     return run
-

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import pytest
 from selfsup_core import plugins, registry
-from selfsup_core.testing import derive_config
+from selfsup_data.testing import config_on_npz
 
 CONFIGS = Path(__file__).resolve().parents[3] / "examples" / "configs"
 
@@ -55,12 +55,9 @@ def tiny_config(fm_npz: Path, tmp_path: Path) -> Callable[..., Path]:
     (dotted key -> value; pass them as a dict because the keys contain dots)."""
 
     def make(name: str, values: dict[str, Any] | None = None) -> Path:
-        source = {"type": "NumpyArrays", "file": str(fm_npz)}
-        return derive_config(
-            CONFIGS / name, tmp_path / f"tiny_{name}",
-            replace={"data.train.data_source": source, "evaluation.train.data_source": source,
-                     "evaluation.test.data_source": source},
-            values={**RUN_VALUES, **TINY_BACKBONE, **(values or {})},
-        )
+        values = {**RUN_VALUES, **TINY_BACKBONE, **(values or {})}
+        config, options = config_on_npz(CONFIGS / name, fm_npz, tmp_path / f"tiny_{name}", values)
+        assert not options, f"tiny_config cannot set [[hooks]] items ({options}); pass them as --cfg-options"
+        return config
 
     return make
