@@ -27,6 +27,14 @@ class TinyAlgo:
 
     def parameters(self):
         return self.net.parameters()
+
+    def named_parameters(self):
+        return self.net.named_parameters()
+
+class TinyHook:
+    def __init__(self, every: int = 1):
+        if every < 1:
+            raise ValueError(f"TinyHook: every must be >= 1, got {every}")
 '''
 
 
@@ -41,6 +49,7 @@ def site(tmp_path):
         entry_points={
             "selfsup.algorithms": {"TinyAlgo": "toy_cli_plugin:TinyAlgo"},
             "selfsup.backbones": {"TinyBackbone": "toy_cli_plugin:TinyBackbone"},
+            "selfsup.hooks": {"TinyHook": "toy_cli_plugin:TinyHook"},
             "selfsup.heads": {"BrokenHead": "toy_cli_broken:Head"},
         },
         modules={"toy_cli_plugin.py": TOY_MODULE, "toy_cli_broken.py": "raise RuntimeError('broken on purpose')\n"},
@@ -122,6 +131,19 @@ def test_check_builds_the_model_and_reports_parameters(tmp_path, site):
     assert result.stdout.strip() == "toy.toml: OK, model TinyAlgo with 216 parameters (216 trainable)"
     result = run(["toy.toml", "--check", "--cfg-options", "model.backbone.depth=1"], tmp_path, site)
     assert "72 parameters" in result.stdout
+
+
+def test_check_builds_the_hooks_and_names_a_bad_value(tmp_path, site):
+    # no [data.train]: --check reports that, and with it every other problem it finds
+    write(tmp_path / "toy.toml", CONFIG + '[runner]\nmax_epochs = 1\n[[hooks]]\ntype = "TinyHook"\nevery = 2\n')
+    result = run(["toy.toml", "--check"], tmp_path, site)
+    assert result.returncode == 2
+    assert "missing the training dataset" in result.stderr and "hooks.0" not in result.stderr
+    result = run(["toy.toml", "--check", "--cfg-options", "hooks.0.every=0"], tmp_path, site)
+    assert result.returncode == 2
+    assert ("hooks.0: TinyHook (toy-plugin 0.3.0) could not be built: ValueError: TinyHook: every must be >= 1, "
+            "got 0") in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_show_config_prints_the_resolved_config(tmp_path, site):
