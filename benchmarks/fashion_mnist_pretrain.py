@@ -32,6 +32,18 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 RAW_PIXELS = REPO / "examples" / "configs" / "extractor_raw-pixels_fashion-mnist.toml"
+RAW_REFERENCE = RESULTS / "knn_reference.json"
+FULL_PROTOCOL = (60000, 10000)
+
+
+def recorded_raw_pixels() -> dict[str, float]:
+    """The raw-pixel kNN figures ``knn_reference.py`` recorded for the full 60k/10k protocol."""
+    try:
+        record = json.loads(RAW_REFERENCE.read_text())
+        return next(r for r in record["raw_pixel_knn"] if r["features"] == "normalised pixels")
+    except (OSError, ValueError, KeyError, StopIteration) as exc:
+        raise SystemExit(f"{RAW_REFERENCE}: no raw-pixel kNN record ({exc}); run python benchmarks/knn_reference.py "
+                         "or use --raw-pixels run") from None
 
 
 def subset_tables(config: Any, train_samples: int, bank_samples: int, test_samples: int) -> dict[str, dict]:
@@ -73,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="a sentence saved with the figures (what was changed and why)")
     parser.add_argument("--cfg-options", "--set", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--keep", type=Path, default=None, help="work dir to keep (default: a temporary one)")
+    parser.add_argument("--raw-pixels", choices=("run", "reference"), default="run",
+                        help="score raw pixels on the same images ('run', default) or, for the full protocol "
+                             "(--bank-samples 60000 --test-samples 10000), take the figure knn_reference.py "
+                             "recorded in benchmarks/results/knn_reference.json ('reference': saves a minute)")
     args = parser.parse_args(argv)
+    if args.raw_pixels == "reference" and (args.bank_samples, args.test_samples) != FULL_PROTOCOL:
+        parser.error("--raw-pixels reference needs the full protocol: --bank-samples 60000 --test-samples 10000")
 
     from selfsup_core.config import load_config
     from selfsup_core.testing import derive_config, read_metrics
@@ -101,12 +119,15 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{work}/metrics.jsonl has no evaluation record")
         result = evals[-1]
 
-        raw_tables = {k: v for k, v in tables.items() if k.startswith("evaluation.")}
-        raw_config = derive_config(RAW_PIXELS, Path(tmp) / "raw.toml", replace=raw_tables)
-        raw_out = Path(tmp) / "raw.json"
-        run([selfsup_run, "eval", str(raw_config), "--work-dir", str(Path(tmp) / "raw"), "--out", str(raw_out),
-             "--evaluator", "knn", *device], Path(tmp) / "raw.log")
-        raw = json.loads(raw_out.read_text())["results"]
+        if args.raw_pixels == "reference":
+            raw = recorded_raw_pixels()
+        else:
+            raw_tables = {k: v for k, v in tables.items() if k.startswith("evaluation.")}
+            raw_config = derive_config(RAW_PIXELS, Path(tmp) / "raw.toml", replace=raw_tables)
+            raw_out = Path(tmp) / "raw.json"
+            run([selfsup_run, "eval", str(raw_config), "--work-dir", str(Path(tmp) / "raw"), "--out", str(raw_out),
+                 "--evaluator", "knn", *device], Path(tmp) / "raw.log")
+            raw = json.loads(raw_out.read_text())["results"]
         header = next(line for line in (Path(tmp) / "train.log").read_text().splitlines() if line.startswith("selfsup "))
 
     by_epoch: dict[int, list[float]] = {}
@@ -122,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/fashion_mnist_pretrain.py " + " ".join(
             [str(args.config), "--epochs", str(args.epochs), "--train-samples", str(args.train_samples),
              "--bank-samples", str(args.bank_samples), "--test-samples", str(args.test_samples), *device]
+            + (["--raw-pixels", "reference"] if args.raw_pixels == "reference" else [])
             + (["--cfg-options", *args.cfg_options] if args.cfg_options else [])),
         "note": args.note,
         "run": header,
@@ -132,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "knn_top1": round(float(result["knn_top1"]), 4),
         "knn_top5": round(float(result["knn_top5"]), 4),
         "raw_pixel_knn_top1": round(float(raw["knn_top1"]), 4),
+        "raw_pixel_source": ("benchmarks/results/knn_reference.json (same 60000/10000 images)"
+                             if args.raw_pixels == "reference" else "scored in this run on the same images"),
         "train_seconds": round(train_seconds, 1),
         "images_per_s_median": sorted(speed)[len(speed) // 2] if speed else None,
         "mean_loss_by_epoch": epoch_loss,
