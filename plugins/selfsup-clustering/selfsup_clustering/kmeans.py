@@ -10,6 +10,8 @@ installed and asked for (``backend = "faiss"``, or ``"auto"``).
 """
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
 BACKENDS = ("auto", "torch", "faiss")
@@ -132,11 +134,8 @@ def _split_largest(centroids: torch.Tensor, counts: torch.Tensor) -> None:
 
 
 def faiss_available() -> bool:
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the optional ``faiss`` package is installed (found without importing it)."""
+    return importlib.util.find_spec("faiss") is not None
 
 
 def kmeans_faiss(x: torch.Tensor, k: int, iterations: int = 20, seed: int = 0) -> torch.Tensor:
