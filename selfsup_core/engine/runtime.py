@@ -53,9 +53,13 @@ def has_conv2d(module: nn.Module) -> bool:
 
 def use_channels_last(choice: bool | str, device: torch.device, model: nn.Module) -> bool:
     """Whether to run ``model`` in channels_last: ``choice`` (the ``[runner] channels_last``
-    key), where ``"auto"`` means on CUDA for models with 2-d convolutions."""
+    key), where ``"auto"`` means for models with 2-d convolutions on CUDA or the CPU.
+
+    On the CPU too: oneDNN's convolutions are faster in NHWC. Measured on a 2-core x86 CPU
+    (AVX-512), one training step, one thread: ResNet-18 width 16 at 28 px 219 -> 346 images/s,
+    ResNet-18 at 32 px 18 -> 21, ResNet-50 at 96 px 9 -> 11 (contiguous -> channels_last)."""
     if choice == "auto":
-        return device.type == "cuda" and has_conv2d(model)
+        return device.type in ("cuda", "cpu") and has_conv2d(model)
     return bool(choice)
 
 
