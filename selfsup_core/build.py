@@ -400,4 +400,26 @@ def build_model(config: Config, registries: _registry.Registries | None = None) 
     return Builder(config, registries).build(config.data["model"], "algorithms", ("model",))
 
 
-__all__ = ["Builder", "KEY_KINDS", "build", "build_model", "kind_for_key", "validate"]
+def build_hooks(config: Config, registries: _registry.Registries | None = None) -> list[tuple[str, Any]]:
+    """Build the config's ``[[hooks]]`` (a single ``[hooks]`` table counts as one) in order.
+
+    Returns ``(name, hook)`` pairs named ``hooks.<index>.<type>``. Every hook is tried; one
+    ConfigError lists the problems of all that could not be built (a constructor's ValueError
+    included), each with its config path.
+    """
+    tables = config.data.get("hooks", [])
+    if isinstance(tables, Mapping):
+        tables = [tables]
+    hooks: list[tuple[str, Any]] = []
+    problems: list[Problem] = []
+    for index, table in enumerate(tables):
+        try:
+            hooks.append((f"hooks.{index}.{table['type']}", Builder(config, registries).build(table, "hooks", ("hooks", index))))
+        except ConfigError as exc:
+            problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
+    return hooks
+
+
+__all__ = ["Builder", "KEY_KINDS", "build", "build_hooks", "build_model", "kind_for_key", "validate"]

@@ -209,7 +209,7 @@ def _tsne_table(config: Any) -> dict[str, Any]:
 def _check_trainer_sections(config: Any, model: Any) -> None:
     """Validate [runner], [data], [optimizer], [lr_config] ... together and construct the
     [[hooks]] (their constructors check values, e.g. a negative queue length); one error lists all."""
-    from .build import Builder
+    from .build import build_hooks
     from .engine.evaluation import read_eval_settings
     from .engine.optim import build_optimizer
     from .engine.schedules import build_lr_schedule
@@ -231,12 +231,10 @@ def _check_trainer_sections(config: Any, model: Any) -> None:
         build_lr_schedule(config.data.get("lr_config"), optimizer, iters_per_epoch=1, max_epochs=max_epochs, config=config)
     except ConfigError as exc:
         problems += exc.problems
-    hook_tables = config.data.get("hooks", [])
-    for index, table in enumerate([hook_tables] if isinstance(hook_tables, dict) else hook_tables):
-        try:
-            Builder(config).build(table, "hooks", ("hooks", index))
-        except ConfigError as exc:
-            problems += exc.problems
+    try:
+        build_hooks(config)
+    except ConfigError as exc:
+        problems += exc.problems
     if problems:
         raise ConfigError(problems)
 

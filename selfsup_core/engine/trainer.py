@@ -24,7 +24,7 @@ from torch import nn
 from .. import __version__
 from .. import plugins as _plugins
 from .. import registry as _registry
-from ..build import Builder, validate
+from ..build import Builder, build_hooks, validate
 from ..config import Config
 from ..errors import ConfigError, SelfSupError, describe_exception
 from . import checkpoint as ckpt
@@ -158,12 +158,7 @@ class Trainer:
         if not isinstance(model, nn.Module):
             raise ConfigError(self.config.problem(("model", "type"), f"must name an nn.Module algorithm, got {type(model).__name__}"))
         self.dataset = builder.build(self.config.data["data"]["train"], "datasets", ("data", "train"))
-        hook_tables = self.config.data.get("hooks", [])
-        if isinstance(hook_tables, Mapping):
-            hook_tables = [hook_tables]
-        for index, table in enumerate(hook_tables):
-            hook = builder.build(table, "hooks", ("hooks", index))
-            self.hooks.append((f"hooks.{index}.{table['type']}", hook))
+        self.hooks.extend(build_hooks(self.config, self.registries))
         from .evaluation import build_online_evaluation
 
         online = build_online_evaluation(self.config, builder)
