@@ -55,9 +55,10 @@ def use_channels_last(choice: bool | str, device: torch.device, model: nn.Module
     """Whether to run ``model`` in channels_last: ``choice`` (the ``[runner] channels_last``
     key), where ``"auto"`` means for models with 2-d convolutions on CUDA or the CPU.
 
-    On the CPU too: oneDNN's convolutions are faster in NHWC. Measured on a 2-core x86 CPU
-    (AVX-512), one training step, one thread: ResNet-18 width 16 at 28 px 219 -> 346 images/s,
-    ResNet-18 at 32 px 18 -> 21, ResNet-50 at 96 px 9 -> 11 (contiguous -> channels_last)."""
+    On the CPU too: oneDNN's convolutions are faster in NHWC. ``benchmarks/channels_last.py``
+    (one training step, one thread, a 2-core x86 CPU with AVX-512) measured 1.12-1.16x for
+    ResNet-18 width 16 at 28 px, ResNet-18 at 32 px and ResNet-50 at 96 px
+    (``benchmarks/results/channels_last_cpu.json``)."""
     if choice == "auto":
         return device.type in ("cuda", "cpu") and has_conv2d(model)
     return bool(choice)

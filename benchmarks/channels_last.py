@@ -1,0 +1,97 @@
+"""Memory format of conv nets: one SGD training step (forward, backward, step) in contiguous
+(NCHW) and channels_last (NHWC) memory, side by side in one process.
+
+The two formats alternate for ``--rounds`` rounds and the best images/s of each is kept. This
+is the measurement behind ``[runner] channels_last = "auto"`` choosing channels_last on the
+CPU as well as on CUDA (``selfsup_core.engine.runtime.use_channels_last``).
+
+    python benchmarks/channels_last.py [--device cpu|cuda] [--threads N]
+
+Writes ``benchmarks/results/channels_last_<device>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+#: (name, ResNet arguments, batch, image size)
+CASES: list[tuple[str, dict[str, Any], int, int]] = [
+    ("ResNet-18 width 16, cifar stem, 1x28x28",
+     {"depth": 18, "in_channels": 1, "base_channels": 16, "stem_channels": 16, "stem_type": "cifar"}, 128, 28),
+    ("ResNet-18, cifar stem, 3x32x32", {"depth": 18, "stem_type": "cifar"}, 32, 32),
+    ("ResNet-50, 3x96x96", {"depth": 50}, 16, 96),
+]
+
+
+def images_per_second(kwargs: dict[str, Any], batch: int, size: int, channels_last: bool, device: torch.device,
+                      steps: int) -> float:
+    from selfsup_models.backbones.resnet import ResNet
+
+    model = ResNet(out_indices=[4], **kwargs).to(device)
+    x = torch.randn(batch, kwargs.get("in_channels", 3), size, size, device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    start = 0.0
+    for step in range(steps + 1):  # the first step warms up
+        if step == 1:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        model(x)[-1].mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads on the CPU (default 1)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name, kwargs, batch, size in CASES:
+        best = {False: 0.0, True: 0.0}
+        for _ in range(args.rounds):
+            for fmt in (False, True):
+                best[fmt] = max(best[fmt], images_per_second(kwargs, batch, size, fmt, device, args.steps))
+        rows.append({"model": name, "batch": batch, "contiguous_images_per_s": round(best[False], 1),
+                     "channels_last_images_per_s": round(best[True], 1),
+                     "speedup": round(best[True] / best[False], 2)})
+        print(f"{name}: contiguous {best[False]:.0f} img/s, channels_last {best[True]:.0f} img/s "
+              f"(x{best[True] / best[False]:.2f})", flush=True)
+    record = {
+        "benchmark": "channels_last",
+        "command": f"python benchmarks/channels_last.py --device {args.device} --threads {args.threads}",
+        "note": "one SGD training step, fp32; formats alternate, best of the rounds; figures from a shared "
+                "machine vary between runs, compare within one run",
+        "torch": torch.__version__,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
+                    "cuda": torch.cuda.get_device_name() if device.type == "cuda" else None},
+        "results": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"channels_last_{device.type}.json"
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out.relative_to(RESULTS.parents[1])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
