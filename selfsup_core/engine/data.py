@@ -198,6 +198,18 @@ def images_to_channels_last(batch: Any) -> Any:
     return batch
 
 
+def images_of(batch: Any) -> torch.Tensor:
+    """The image tensor of a non-augmenting pass's batch: ``batch["img"]`` (or the batch itself),
+    the first view of a multi-view batch; a TypeError when the pipeline left images untensored."""
+    img = batch["img"] if isinstance(batch, Mapping) else batch
+    if isinstance(img, (list, tuple)):
+        img = img[0]
+    if not isinstance(img, torch.Tensor):
+        raise TypeError(f"the dataset yields {type(img).__name__} images, not tensors; end its pipeline with "
+                        "ToImage and ToDtype (or ToTensor)")
+    return img
+
+
 def batch_size_of(batch: Any) -> int:
     """Number of samples in a batch: the first dimension of its first tensor."""
     if isinstance(batch, torch.Tensor):
@@ -218,6 +230,7 @@ def batch_size_of(batch: Any) -> int:
 
 
 __all__ = [
-    "SeededDataset", "SeededSampler", "batch_size_of", "build_loader", "device_transform_of", "images_to_channels_last",
+    "SeededDataset", "SeededSampler", "batch_size_of", "build_loader", "device_transform_of", "images_of",
+    "images_to_channels_last",
     "to_device",
 ]

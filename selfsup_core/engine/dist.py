@@ -92,6 +92,24 @@ def all_gather(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+@torch.no_grad()
+def gather_in_dataset_order(local: torch.Tensor, length: int) -> torch.Tensor:
+    """The rows of a strided, sharded pass over a dataset of ``length`` samples, gathered from
+    every process and put back in dataset order.
+
+    ``local`` holds this process's rows: rank ``r`` of ``W`` took positions ``r, r + W, ...``,
+    every rank the same number of rows (the last shards padded by repeating samples, as the
+    non-shuffling ``SeededSampler`` does). Returns ``(length, ...)``, the same on every process
+    and equal to what one process would compute; ``local[:length]`` when not distributed.
+    """
+    world_size = get_world_size() if is_distributed() else 1
+    if world_size == 1:
+        return local[:length]
+    gathered = all_gather(local.contiguous())  # rank-major: rank r's row i is dataset position i * W + r
+    rest = local.shape[1:]
+    return gathered.reshape(world_size, local.shape[0], *rest).transpose(0, 1).reshape(-1, *rest)[:length]
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """all_gather whose backward sends each process the gradient of its own slice, summed over
     processes (every process computes a loss over the gathered tensor; DDP then averages)."""

@@ -17,6 +17,7 @@ def test_single_process_helpers_are_identities():
     assert dist.all_gather(x) is x and dist.all_gather_with_grad(x) is x
     assert dist.all_reduce(x.detach().clone(), op="mean").tolist() == x.tolist()
     assert dist.broadcast_object({"a": 1}) == {"a": 1}
+    assert dist.gather_in_dataset_order(torch.arange(5), 3).tolist() == [0, 1, 2]  # padding dropped
 
 
 def _worker(rank: int, world_size: int, init_file: str, results: dict) -> None:
@@ -35,6 +36,8 @@ def _worker(rank: int, world_size: int, init_file: str, results: dict) -> None:
             "grad": mine.grad.tolist(),
             "no_grad_gather": dist.all_gather(torch.tensor([rank])).tolist(),
             "mean": reduced.item(),
+            # a strided shard of 5 samples (rank 0: 0, 2, 4; rank 1: 1, 3 and the padding 0)
+            "in_order": dist.gather_in_dataset_order(torch.tensor([[0, 2, 4], [1, 3, 0]][rank]) * 10, 5).tolist(),
         }
     finally:
         torch.distributed.destroy_process_group()
@@ -51,6 +54,7 @@ def test_two_processes_gather_with_gradients(tmp_path):
         assert r["gathered"] == full
         assert r["no_grad_gather"] == [0, 1]
         assert r["mean"] == 1.5
+        assert r["in_order"] == [0, 10, 20, 30, 40]
         # both ranks' losses use this rank's rows with weights (rank*2+1, rank*2+2): the
         # gradient is summed over the 2 processes
         expected = [[2.0 * (rank * 2 + 1)] * 3, [2.0 * (rank * 2 + 2)] * 3]

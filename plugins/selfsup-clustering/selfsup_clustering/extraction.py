@@ -2,39 +2,17 @@
 
 Under torch.distributed each process extracts its strided shard of the dataset (rank ``r``
 of ``W`` takes positions ``r, r + W, ...``, the last ones padded by repeating the first
-samples); the shards are gathered with ``all_gather`` and interleaved back into dataset
+samples); ``dist.gather_in_dataset_order`` puts the gathered shards back into dataset
 order, so every process ends with the same ``(N, D)`` matrix one process would compute.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
 from selfsup_core.engine import dist
-from selfsup_core.engine.data import build_loader, device_transform_of, to_device
+from selfsup_core.engine.data import build_loader, device_transform_of, images_of, to_device
 from torch import nn
-
-
-def images_of(batch: Any) -> torch.Tensor:
-    """The image tensor of a batch (the first view of a multi-view batch)."""
-    img = batch["img"] if isinstance(batch, Mapping) else batch
-    if isinstance(img, (list, tuple)):
-        img = img[0]
-    if not isinstance(img, torch.Tensor):
-        raise TypeError(f"the extraction dataset yields {type(img).__name__} images, not tensors; end its pipeline "
-                        "with ToImage and ToDtype")
-    return img
-
-
-def interleave_shards(local: torch.Tensor, length: int, world_size: int) -> torch.Tensor:
-    """Gather every rank's strided shard ``(per_rank, ...)`` and put the rows back in dataset order."""
-    if world_size == 1:
-        return local[:length]
-    gathered = dist.all_gather(local.contiguous())  # rank-major: rank r's row i is dataset position i * W + r
-    per_rank = local.shape[0]
-    rest = local.shape[1:]
-    return gathered.reshape(world_size, per_rank, *rest).transpose(0, 1).reshape(-1, *rest)[:length]
 
 
 @torch.no_grad()
@@ -93,7 +71,7 @@ def extract_features(
     finally:
         model.train(was_training)
     assert local is not None and done == count
-    return interleave_shards(local, length, world_size)
+    return dist.gather_in_dataset_order(local, length)
 
 
-__all__ = ["extract_features", "images_of", "interleave_shards"]
+__all__ = ["extract_features"]

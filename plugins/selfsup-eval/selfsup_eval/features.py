@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from selfsup_core.engine import dist
-from selfsup_core.engine.data import build_loader, device_transform_of, to_device
+from selfsup_core.engine.data import build_loader, device_transform_of, images_of, to_device
 from selfsup_core.engine.evaluation import EvalContext
 
 FEATURES = ("extract", "backbone", "neck")
@@ -96,17 +96,6 @@ def model_output(model: nn.Module, img: torch.Tensor, feature: str = "extract") 
             raise ValueError(f"feature = 'neck': {type(model).__name__} has no neck")
         output = neck(output)
     return output
-
-
-def images_of(batch: Any) -> torch.Tensor:
-    """The image tensor of a batch (``batch["img"]``; the first view of a multi-view batch)."""
-    img = batch["img"] if isinstance(batch, Mapping) else batch
-    if isinstance(img, (list, tuple)):
-        img = img[0]
-    if not isinstance(img, torch.Tensor):
-        raise TypeError(f"the evaluation dataset yields {type(img).__name__} images, not tensors; "
-                        "end its pipeline with ToImage/ToDtype (or ToTensor)")
-    return img
 
 
 def labels_of(batch: Any) -> torch.Tensor | None:
@@ -179,17 +168,8 @@ def extract_dataset(context: EvalContext, dataset: Any, *, feature: str = "extra
                 local_labels[done : done + len(vectors)] = labels.reshape(-1)
             done += len(vectors)
     assert local is not None and done == count
-    return Features(_in_dataset_order(local, length, context.world_size),
-                    None if local_labels is None else _in_dataset_order(local_labels, length, context.world_size))
-
-
-def _in_dataset_order(local: torch.Tensor, length: int, world_size: int) -> torch.Tensor:
-    """Gather every rank's strided shard and interleave them back into dataset order."""
-    if world_size == 1:
-        return local[:length]
-    gathered = dist.all_gather(local)  # rank-major: rank r's i-th row is dataset position i * W + r
-    per_rank = local.shape[0]
-    return gathered.reshape(world_size, per_rank, *local.shape[1:]).transpose(0, 1).reshape(-1, *local.shape[1:])[:length]
+    return Features(dist.gather_in_dataset_order(local, length),
+                    None if local_labels is None else dist.gather_in_dataset_order(local_labels, length))
 
 
 def extract(context: EvalContext, split: str, *, feature: str = "extract", pool: str = "avg") -> Features:
