@@ -16,6 +16,7 @@ Fixtures:
 Helpers: :func:`components_of` lists a distribution's components and
 :func:`assert_validated_from_config` checks that a misspelt TOML key of a component is the
 core's ConfigError (parametrize a test over the first with the second).
+:func:`run_ranks` runs a script as the processes of one gloo job.
 :func:`derive_config` writes a config that inherits a shipped one with tables replaced (e.g.
 its data source by a small ``.npz``), :func:`run_selfsup` runs ``selfsup-run`` in a real
 subprocess and :func:`read_metrics` reads the run's ``metrics.jsonl``.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -244,6 +246,35 @@ def run_selfsup(*args: str | os.PathLike[str], cwd: str | os.PathLike[str] | Non
     command = [sys.executable, "-m", "selfsup_core.cli", *map(str, args)]
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for ``MASTER_PORT``)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(script: str | os.PathLike[str], *args: str | os.PathLike[str], world_size: int = 2,
+              timeout: float = 300) -> None:
+    """Run ``python SCRIPT ARGS...`` as ``world_size`` processes of one torch.distributed job,
+    as torchrun would start them (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
+    ``MASTER_PORT``; one OpenMP thread each), and wait for all of them. An AssertionError with
+    the output of the first process that failed; the script's results go to files it writes."""
+    env = {**os.environ, "WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(script), *map(str, args)]
+    procs = [subprocess.Popen(command, env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in range(world_size)]
+    try:
+        outputs = [proc.communicate(timeout=timeout)[0] for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for rank, (proc, output) in enumerate(zip(procs, outputs)):
+        assert proc.returncode == 0, f"rank {rank} of {Path(script).name} exited with {proc.returncode}:\n{output[-3000:]}"
 
 
 def read_metrics(work_dir: str | os.PathLike[str], mode: str | None = None) -> list[dict[str, Any]]:

@@ -59,3 +59,20 @@ def test_two_processes_gather_with_gradients(tmp_path):
         # gradient is summed over the 2 processes
         expected = [[2.0 * (rank * 2 + 1)] * 3, [2.0 * (rank * 2 + 2)] * 3]
         assert r["grad"] == expected
+
+
+def test_run_ranks_starts_a_torchrun_like_job_and_reports_a_failing_rank(tmp_path):
+    from selfsup_core.testing import run_ranks
+
+    script = tmp_path / "rank.py"
+    script.write_text("import os, sys, pathlib\n"
+                      "keys = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')\n"
+                      "env = ' '.join(os.environ[k] for k in keys)\n"
+                      "pathlib.Path(sys.argv[1], 'rank' + os.environ['RANK']).write_text(env)\n"
+                      "sys.exit(int(os.environ['RANK']) == int(sys.argv[2]))\n")
+    run_ranks(script, tmp_path, -1, world_size=3)
+    seen = [(tmp_path / f"rank{r}").read_text().split() for r in range(3)]
+    assert [s[:4] for s in seen] == [[str(r), str(r), "3", "127.0.0.1"] for r in range(3)]
+    assert len({s[4] for s in seen}) == 1  # one master port for the job
+    with pytest.raises(AssertionError, match="rank 1 of rank.py exited with 1"):
+        run_ranks(script, tmp_path, 1, world_size=2)

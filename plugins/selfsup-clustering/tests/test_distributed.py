@@ -3,35 +3,16 @@ and 2 processes, and Sinkhorn over 2 processes equals Sinkhorn over their joint 
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from selfsup_core.testing import run_ranks
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(world: int, npz: Path, out: Path) -> None:
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(world),
-           "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(npz), str(out)], env={**env, "RANK": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(world)]
-    for proc in procs:
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output[-3000:]
-
-
 def test_one_and_two_processes_give_the_same_features_labels_and_codes(fm_npz: Path, tmp_path: Path) -> None:
-    launch(2, fm_npz, tmp_path)
+    run_ranks(WORKER, fm_npz, tmp_path)
     spec = importlib.util.spec_from_file_location("selfsup_clustering_dist_worker", WORKER)
     worker = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(worker)

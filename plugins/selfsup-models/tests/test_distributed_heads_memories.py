@@ -3,15 +3,12 @@ give what one process computes on the whole batch."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from selfsup_core.testing import run_ranks
 from torch import nn
 
 from selfsup_models.heads import sinkhorn
@@ -31,27 +28,12 @@ def _load_worker():
 full_data = _load_worker().full_data
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
     out = tmp_path_factory.mktemp("dist")
-    port = str(free_port())
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    for p, text in zip(procs, outputs):
-        assert p.returncode == 0, text
+    run_ranks(WORKER, out, timeout=120)
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
