@@ -152,14 +152,17 @@ def test_shipped_config_passes_check(installed, name: str, capsys: pytest.Captur
     assert "model BarlowTwins" in capsys.readouterr().out
 
 
-def test_one_epoch_through_selfsup_run_lowers_the_loss(tiny_config, tmp_path: Path) -> None:
+def test_three_epochs_through_selfsup_run_lower_the_loss(tiny_config, tmp_path: Path) -> None:
+    # Barlow Twins' loss on batches of 32 with a 64-d projector swings by +-30% from batch
+    # to batch, so one epoch of 8 batches says little: compare the first and the last epoch
     cfg = tiny_config(FASHION, {"model.neck.hid_channels": 64, "model.neck.out_channels": 64,
-                                "model.head.in_channels": 64, "lr_config.warmup_iters": 1})
+                                "model.head.in_channels": 64, "lr_config.warmup_iters": 1, "runner.max_epochs": 3})
     work = tmp_path / "work"
     proc = run_selfsup(cfg, "--work-dir", work, "--device", "cpu", env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
-    assert (work / "latest.pth").is_file() and (work / "epoch_1.pth").is_file()
-    losses = [r["loss"] for r in read_metrics(work, "train")]
-    assert len(losses) == 8
-    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    assert (work / "latest.pth").is_file() and (work / "epoch_3.pth").is_file()
+    records = read_metrics(work, "train")
+    assert len(records) == 24
+    first, last = ([r["loss"] for r in records if r["epoch"] == e] for e in (1, 3))
+    assert sum(last) / len(last) < sum(first) / len(first), [round(r["loss"], 1) for r in records]
     assert read_metrics(work, "eval")
