@@ -71,7 +71,7 @@ class Trainer:
     index), ``inner_iter``, ``max_epochs``, ``max_iters``, ``iters_per_epoch``, ``work_dir``,
     ``config``, ``settings``, ``dataset``, ``data_loader``, ``device``, ``rank``,
     ``world_size``, ``is_update_step`` (True when this iteration stepped the optimizer),
-    ``logger`` and :meth:`log_metrics`.
+    ``logger``, :meth:`log_metrics` and :meth:`replace_sampler`.
     """
 
     def __init__(
@@ -120,6 +120,23 @@ class Trainer:
         done) are filled in unless given."""
         full = {"mode": "train", "epoch": self.epoch + 1, "iter": self.iter, **record}
         self.logger.log_metrics(full, step=self.iter)
+
+    def replace_sampler(self, sampler: Any) -> None:
+        """Draw the training batches' indices from ``sampler`` from the next epoch's iteration
+        on (a hook's ``selfsup_before_epoch`` is in time for its own epoch), e.g. DeepCluster's
+        uniform sampling over clusters.
+
+        ``sampler`` must give this process the same number of indices per epoch as the one it
+        replaces (``iters_per_epoch``, the lr schedule and resuming depend on it) and, like it,
+        implement ``set_epoch(epoch, start)``; the trainer calls it at every epoch's start.
+        """
+        if len(sampler) != len(self.sampler):
+            raise ValueError(f"replace_sampler: the new sampler gives {len(sampler)} indices per epoch, the "
+                             f"current one {len(self.sampler)}; they must be equal")
+        if not callable(getattr(sampler, "set_epoch", None)):
+            raise TypeError(f"replace_sampler: {type(sampler).__name__} has no set_epoch(epoch, start)")
+        self.data_loader.batch_sampler.sampler = sampler  # read when the next epoch's iterator is created
+        self.sampler = sampler
 
     def run(self) -> dict[str, Any]:
         """Train to ``max_epochs``; returns ``{"work_dir", "epoch", "iter", "checkpoint"}``."""

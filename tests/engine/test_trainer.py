@@ -317,3 +317,19 @@ def test_resuming_a_one_process_run_under_two_processes_restarts_the_epoch(write
     assert "epoch 2 was stopped part-way: it restarts from its beginning" in ddp.stderr
     meta = final_state(work)["meta"]
     assert (meta["epoch"], meta["iter"], meta["world_size"]) == (3, 12, 2)  # 4 iterations/epoch with 2 processes
+
+
+def test_replace_sampler_feeds_the_next_epoch_and_must_keep_the_epoch_length(write_config, tmp_path):
+    from selfsup_core.engine.data import SeededSampler
+
+    trainer = Trainer(load_config(write_config(), ["runner.max_epochs=1"]), work_dir=tmp_path / "w")
+    trainer._setup()
+    try:
+        with pytest.raises(ValueError, match="gives 63 indices per epoch, the current one 64"):
+            trainer.replace_sampler(SeededSampler(63))
+        in_order = SeededSampler(64, shuffle=False)
+        trainer.replace_sampler(in_order)
+        assert trainer.sampler is in_order
+        assert next(iter(trainer.data_loader))["idx"].tolist() == list(range(8))
+    finally:
+        trainer._teardown()

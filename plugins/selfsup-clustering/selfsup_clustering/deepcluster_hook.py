@@ -242,9 +242,7 @@ class DeepClusterHook:
         self.labels = labels
         runner.dataset.assign_labels(labels.cpu())
         if self.unif_sampling:
-            sampler = UniformClusterSampler(runner.sampler, labels, k)
-            runner.data_loader.batch_sampler.sampler = sampler
-            runner.sampler = sampler
+            runner.replace_sampler(UniformClusterSampler(runner.sampler, labels, k))
         if self.reweight:
             model.set_reweight(labels, self.reweight_pow)
         if fresh:

@@ -3,11 +3,12 @@ one-epoch ``selfsup-run`` of a shipped config on it (a real subprocess), a fake 
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
 from typing import Any, Callable
 
 import pytest
 import torch
+from selfsup_core.engine.trainer import Trainer
 from selfsup_data.testing import SMALL_RUN_VALUES, fashion_mnist_npz, run_config_on_npz
 
 CONFIGS = Path(__file__).resolve().parents[3] / "examples" / "configs"
@@ -45,7 +46,9 @@ def fake_runner(model: torch.nn.Module, **kwargs: Any) -> SimpleNamespace:
                 settings=SimpleNamespace(samples_per_gpu=4, workers_per_gpu=0, seed=0), work_dir=Path("."),
                 logger=SimpleNamespace(message=lambda text: None), autocast_dtype=None, channels_last=False)
     base.update(kwargs)
-    return SimpleNamespace(**base)
+    runner = SimpleNamespace(**base)
+    runner.replace_sampler = MethodType(Trainer.replace_sampler, runner)  # the trainer's own
+    return runner
 
 
 @pytest.fixture
