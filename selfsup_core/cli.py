@@ -114,10 +114,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handler = {"train": _train, "eval": _eval, "tsne": _eval, "list": _list, "show-config": _show_config}[args.command]
     try:
+        finished = False
         try:
-            return handler(args)
+            result = handler(args)
+            finished = True
+            return result
         finally:
-            _leave_process_group()
+            _leave_process_group(wait=finished)
     except SelfSupError as exc:
         if debug:
             raise
@@ -129,11 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _leave_process_group() -> None:
-    """Destroy the torch.distributed group a torchrun job set up (NCCL warns otherwise)."""
+def _leave_process_group(wait: bool) -> None:
+    """Destroy the torch.distributed group a torchrun job set up (NCCL warns otherwise);
+    ``wait``: after a normal end, wait for every process first."""
     dist = sys.modules.get("selfsup_core.engine.dist")  # imported only by commands that use torch
     if dist is not None:
-        dist.destroy()
+        dist.destroy(wait=wait)
 
 
 # -- commands -----------------------------------------------------------------------------

@@ -68,9 +68,20 @@ def init_from_env(device_type: str) -> DistInfo:
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
 
 
-def destroy() -> None:
+def destroy(wait: bool = False) -> None:
+    """Leave the process group, if one is set up.
+
+    ``wait=True`` first waits for every process (a barrier), for a normal end: otherwise
+    process 0 can exit and take the rendezvous store with it while another process is still
+    tearing its group down, which aborts that one ("terminate called without an active
+    exception"). Leave ``wait`` false after an error, where the others may never arrive.
+    """
     if torch_dist.is_available() and torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
+        try:
+            if wait:
+                torch_dist.barrier()
+        finally:
+            torch_dist.destroy_process_group()
 
 
 def barrier() -> None:

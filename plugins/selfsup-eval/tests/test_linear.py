@@ -335,7 +335,7 @@ def _worker(out: str) -> None:
         context = make_context(rank=info.rank, world_size=info.world_size)
         results[name] = probe(epochs=3, **kwargs).evaluate(context)
     torch.save(results, Path(out) / f"rank{info.rank}.pt")
-    dist.destroy()
+    dist.destroy(wait=True)
 
 
 if __name__ == "__main__":

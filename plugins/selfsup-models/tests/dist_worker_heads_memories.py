@@ -69,7 +69,7 @@ def main(out: str) -> None:
 
     torch.save(result, f"{out}/rank{rank}.pt")
     dist.barrier()
-    dist.destroy()
+    dist.destroy(wait=True)
 
 
 if __name__ == "__main__":
