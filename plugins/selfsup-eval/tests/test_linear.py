@@ -3,10 +3,7 @@ detection, LARS, argument checks, label errors, exact scoring, determinism and t
 from __future__ import annotations
 
 import math
-import os
 import re
-import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ from torch.utils.data import Dataset
 
 from selfsup_core.engine.evaluation import EvalContext
 from selfsup_core.engine.lars import LARS
+from selfsup_core.testing import run_ranks
 from selfsup_eval.linear import LinearProbe, cosine_lr, has_random_transforms, random_transforms, score
 
 if __name__ != "__main__":  # run as the two-process test's worker, the file starts ~2 s faster without these
@@ -298,27 +296,12 @@ def test_same_seed_same_results_and_global_rng_untouched(cache):
 
 
 # -- two processes --------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_train_the_same_classifier(tmp_path):
     """gloo, 2 CPU processes: both paths give the same results on both ranks, and the cached
     path the same as one process with the per-process batch halved (same total batch)."""
     if not torch.distributed.is_available():
         pytest.skip("torch.distributed is not available")
-    port = str(_free_port())
-    procs = []
-    for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, __file__, str(tmp_path)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=120)[0] for p in procs]
-    for p, text in zip(procs, outputs):
-        assert p.returncode == 0, text
+    run_ranks(__file__, tmp_path, timeout=120)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     assert ranks[0] == ranks[1]
     assert ranks[0]["uncached"]["linear_top1"] >= 0.95
