@@ -33,7 +33,9 @@ CASES: list[tuple[str, dict[str, Any], int, int]] = [
 
 
 def images_per_second(kwargs: dict[str, Any], batch: int, size: int, channels_last: bool, device: torch.device,
-                      steps: int) -> float:
+                      steps: int, autocast: torch.dtype | None = None) -> float:
+    """Images/s of ``steps`` SGD steps of a ResNet built from ``kwargs`` (after one warm-up
+    step), forward under ``torch.autocast(autocast)`` when a dtype is given."""
     from selfsup_models.backbones.resnet import ResNet
 
     model = ResNet(out_indices=[4], **kwargs).to(device)
@@ -48,7 +50,9 @@ def images_per_second(kwargs: dict[str, Any], batch: int, size: int, channels_la
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
-        model(x)[-1].mean().backward()
+        with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            loss = model(x)[-1].float().mean()
+        loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":

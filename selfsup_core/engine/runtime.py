@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from typing import Any
 
 import numpy as np
@@ -85,13 +86,28 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN computes bf16 natively on this CPU (AVX512-BF16 or AMX): there bf16
+    autocast trains conv nets about 1.5x faster than fp32 (``benchmarks/precision.py``)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:
+        return False
+
+
 def resolve_precision(requested: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: fp32). ``auto``: bf16 on GPUs that support it, else fp32."""
+    """The autocast dtype (None: fp32). ``auto``: bf16 on GPUs that support it, else fp32 (also
+    on CPUs with native bf16, so that a CPU result does not depend on the CPU model; ask for
+    ``bf16`` there to train about 1.5x faster)."""
     if requested == "fp32":
         return None
     if requested == "bf16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise SelfSupError("precision 'bf16' is not supported by this GPU; use precision = 'fp16' or 'fp32'")
+        if device.type == "cpu" and not cpu_has_native_bf16():
+            warnings.warn("precision 'bf16' on a CPU without native bf16 (AVX512-BF16 or AMX) is emulated and "
+                          "slower than fp32; use precision = 'fp32'", stacklevel=2)
         return torch.bfloat16
     if requested == "fp16":
         if device.type != "cuda":
@@ -127,6 +143,7 @@ def unwrap(model: Any) -> nn.Module:
 
 __all__ = [
     "BatchNormNd",
+    "cpu_has_native_bf16",
     "device_type_of",
     "has_conv2d",
     "resolve_device",
