@@ -60,8 +60,13 @@ def images_per_second(kwargs: dict[str, Any], batch: int, size: int, channels_la
     return batch * steps / (time.perf_counter() - start)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def compare(argv: list[str] | None, *, benchmark: str, description: str, variants: dict[str, dict[str, Any]],
+            note: str, machine: dict[str, Any] | None = None) -> int:
+    """Run every case of :data:`CASES` in each of two ``variants`` (label -> keyword arguments of
+    :func:`images_per_second`), alternating for ``--rounds`` rounds and keeping the best
+    images/s of each; print them and write ``results/<benchmark>_<device>.json`` with the
+    speed-up of the second variant over the first."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads on the CPU (default 1)")
     parser.add_argument("--steps", type=int, default=3)
@@ -69,32 +74,39 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    (base, base_kwargs), (other, other_kwargs) = variants.items()
     rows = []
     for name, kwargs, batch, size in CASES:
-        best = {False: 0.0, True: 0.0}
+        best = {base: 0.0, other: 0.0}
         for _ in range(args.rounds):
-            for fmt in (False, True):
-                best[fmt] = max(best[fmt], images_per_second(kwargs, batch, size, fmt, device, args.steps))
-        rows.append({"model": name, "batch": batch, "contiguous_images_per_s": round(best[False], 1),
-                     "channels_last_images_per_s": round(best[True], 1),
-                     "speedup": round(best[True] / best[False], 2)})
-        print(f"{name}: contiguous {best[False]:.0f} img/s, channels_last {best[True]:.0f} img/s "
-              f"(x{best[True] / best[False]:.2f})", flush=True)
+            for label, options in ((base, base_kwargs), (other, other_kwargs)):
+                best[label] = max(best[label], images_per_second(kwargs, batch, size, device=device,
+                                                                 steps=args.steps, **options))
+        rows.append({"model": name, "batch": batch, f"{base}_images_per_s": round(best[base], 1),
+                     f"{other}_images_per_s": round(best[other], 1), "speedup": round(best[other] / best[base], 2)})
+        print(f"{name}: {base} {best[base]:.0f} img/s, {other} {best[other]:.0f} img/s "
+              f"(x{best[other] / best[base]:.2f})", flush=True)
     record = {
-        "benchmark": "channels_last",
-        "command": f"python benchmarks/channels_last.py --device {args.device} --threads {args.threads}",
-        "note": "one SGD training step, fp32; formats alternate, best of the rounds; figures from a shared "
-                "machine vary between runs, compare within one run",
+        "benchmark": benchmark,
+        "command": f"python benchmarks/{benchmark}.py --device {args.device} --threads {args.threads}",
+        "note": note,
         "torch": torch.__version__,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
-                    "cuda": torch.cuda.get_device_name() if device.type == "cuda" else None},
+                    **(machine or {}), "cuda": torch.cuda.get_device_name() if device.type == "cuda" else None},
         "results": rows,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"channels_last_{device.type}.json"
+    out = RESULTS / f"{benchmark}_{device.type}.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out.relative_to(RESULTS.parents[1])}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return compare(argv, benchmark="channels_last", description=__doc__.splitlines()[0],
+                   variants={"contiguous": {"channels_last": False}, "channels_last": {"channels_last": True}},
+                   note="one SGD training step, fp32; formats alternate, best of the rounds; figures from a shared "
+                        "machine vary between runs, compare within one run")
 
 
 if __name__ == "__main__":
