@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -65,7 +66,16 @@ def run(command: list[str], log: Path) -> float:
     """Run ``command``, its output to ``log``; returns the wall time. Exits with the log's tail on failure."""
     start = time.perf_counter()
     with log.open("w") as fh:
-        proc = subprocess.run(command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            proc.wait()
+        except BaseException:  # Ctrl-C, or SIGTERM (see main): stop the training run with us
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
     seconds = time.perf_counter() - start
     if proc.returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
@@ -73,7 +83,13 @@ def run(command: list[str], log: Path) -> float:
     return seconds
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # a terminated benchmark must not leave its selfsup-run behind, training into the same work dir
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
     parser.add_argument("--epochs", type=int, default=4)
