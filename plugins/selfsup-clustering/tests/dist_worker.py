@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import torch
 import torch.distributed as torch_dist
+from selfsup_core.engine import dist
 
 
 def run(npz: str, out_dir: Path, rank: int, world: int) -> None:
@@ -58,8 +59,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch_dist.init_process_group("gloo", rank=rank, world_size=world)
     run(npz, out_dir, rank, world)
-    torch_dist.barrier()
-    torch_dist.destroy_process_group()
+    dist.destroy(wait=True)
 
 
 if __name__ == "__main__":

@@ -68,8 +68,7 @@ def main(out: str) -> None:
     result["barlow_grad"] = a.grad
 
     torch.save(result, f"{out}/rank{rank}.pt")
-    dist.barrier()
-    dist.destroy(wait=True)
+    dist.destroy(wait=True)  # waits for every rank's file first
 
 
 if __name__ == "__main__":
