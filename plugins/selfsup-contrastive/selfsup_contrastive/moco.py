@@ -27,17 +27,21 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from selfsup_core.engine import dist
-from selfsup_models.algorithm import BaseAlgorithm, InitCfg, check_views, make_momentum_copy, momentum_update_
+from selfsup_models.algorithm import BaseAlgorithm, InitCfg, at_least_float32, check_views, make_momentum_copy, momentum_update_
 from selfsup_models.init import InitReport
 from torch import nn
 
 
 def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``pos (N, 1) = <q_i, k_i>`` and ``neg (N, K) = q queue`` for unit-norm queries ``q (N, C)``,
-    keys ``k (N, C)`` and a queue ``(C, K)`` of earlier keys (no gradient through ``k`` or the queue)."""
-    k, queue = k.detach(), queue.detach()
-    pos = (q * k.to(q.dtype)).sum(dim=1, keepdim=True)
-    neg = q @ queue.to(q.dtype)
+    keys ``k (N, C)`` and a queue ``(C, K)`` of earlier keys (no gradient through ``k`` or the queue).
+
+    Always float32, autocast or not: bf16 would round similarities near 1 to steps of 1/256,
+    which dividing by the temperature (0.07-0.2) magnifies to 0.02-0.06 in the logits."""
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        q = at_least_float32(q)
+        pos = (q * k.detach().to(q.dtype)).sum(dim=1, keepdim=True)
+        neg = q @ queue.detach().to(q.dtype)
     return pos, neg
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from selfsup_core.engine import dist
-from selfsup_models.algorithm import BaseAlgorithm, InitCfg, check_views
+from selfsup_models.algorithm import BaseAlgorithm, InitCfg, at_least_float32, check_views
 from torch import nn
 
 
@@ -35,14 +35,16 @@ def nt_xent_logits(z: torch.Tensor, z_all: torch.Tensor, rank: int = 0) -> tuple
 
     Returns ``pos (2N, 1)`` and ``neg (2N, 2N * world_size - 2)``: for row ``i``, the
     similarity to its partner view and to every other embedding but itself and the partner
-    (MMSelfSup's ``ContrastiveHead`` inputs). Embeddings are L2-normalised here.
+    (MMSelfSup's ``ContrastiveHead`` inputs). Embeddings are L2-normalised here, and the
+    similarities are float32 under autocast too (bf16 would round them to steps of 1/256).
     """
     rows = z.size(0)
     if rows % 2 or z_all.size(0) % rows:
         raise ValueError(f"nt_xent_logits: expects 2N rows per process, got {rows} of {z_all.size(0)}")
-    z = F.normalize(z, dim=1)
-    z_all = F.normalize(z_all, dim=1)
-    sim = z @ z_all.T                                           # (2N, 2N * W)
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        z = F.normalize(at_least_float32(z), dim=1)
+        z_all = F.normalize(at_least_float32(z_all), dim=1).to(z.dtype)
+        sim = z @ z_all.T                                       # (2N, 2N * W)
     own, partner = _pair_columns(rows, rank, sim.device)
     pos = sim.gather(1, partner.unsqueeze(1))
     neg = sim.gather(1, _negative_columns(rows, z_all.size(0), own, partner))

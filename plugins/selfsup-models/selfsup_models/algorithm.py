@@ -106,4 +106,11 @@ def momentum_update_(target: nn.Module, online: nn.Module, momentum: float) -> N
     torch._foreach_add_(target_params, online_params, alpha=1.0 - momentum)
 
 
-__all__ = ["BaseAlgorithm", "check_views", "make_momentum_copy", "momentum_update_"]
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` as float32 if it is float16/bfloat16 (as autocast leaves activations), else as
+    it is (float32 and float64 kept). For similarities and losses that must not be rounded to
+    half precision; use it inside ``torch.autocast(..., enabled=False)``."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
+__all__ = ["BaseAlgorithm", "at_least_float32", "check_views", "make_momentum_copy", "momentum_update_"]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from selfsup_core.engine import dist
 from torch import nn
 
+from ..algorithm import at_least_float32
 from ..init import BaseModule
 from .latent import check_predictor
 
@@ -42,9 +43,11 @@ class MoCoV3Head(BaseModule):
         self.init_weights()
 
     def forward(self, base_out: torch.Tensor, momentum_out: torch.Tensor) -> dict[str, torch.Tensor]:
-        query = F.normalize(self.predictor([base_out])[0], dim=1)
-        keys = dist.all_gather(F.normalize(momentum_out.detach(), dim=1))
-        logits = query @ keys.T / self.temperature
+        prediction = self.predictor([base_out])[0]
+        with torch.autocast(device_type=prediction.device.type, enabled=False):  # float32 similarities
+            query = F.normalize(at_least_float32(prediction), dim=1)
+            keys = dist.all_gather(F.normalize(momentum_out.detach().to(query.dtype), dim=1))
+            logits = query @ keys.T / self.temperature
         batch = logits.size(0)
         labels = torch.arange(batch, dtype=torch.long, device=logits.device) + batch * dist.get_rank()
         return {"loss": 2 * self.temperature * F.cross_entropy(logits, labels)}
