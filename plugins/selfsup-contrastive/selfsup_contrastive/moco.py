@@ -36,8 +36,9 @@ def moco_logits(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> tuple[
     """``pos (N, 1) = <q_i, k_i>`` and ``neg (N, K) = q queue`` for unit-norm queries ``q (N, C)``,
     keys ``k (N, C)`` and a queue ``(C, K)`` of earlier keys (no gradient through ``k`` or the queue).
 
-    Always float32, autocast or not: bf16 would round similarities near 1 to steps of 1/256,
-    which dividing by the temperature (0.07-0.2) magnifies to 0.02-0.06 in the logits."""
+    Never below float32, autocast or not (float64 inputs stay float64): bf16 would round
+    similarities near 1 to steps of 1/256, which dividing by the temperature (0.07-0.2)
+    magnifies to 0.02-0.06 in the logits."""
     with torch.autocast(device_type=q.device.type, enabled=False):
         q = at_least_float32(q)
         pos = (q * k.detach().to(q.dtype)).sum(dim=1, keepdim=True)
