@@ -19,7 +19,16 @@ from . import plugins as _plugins
 from . import registry as _registry
 from .errors import SelfSupError, describe_exception
 
-COMMANDS = ("train", "eval", "tsne", "list", "show-config")
+COMMANDS = ("train", "eval", "tsne", "list", "show-config", "export", "import-weights", "migrate", "plot-log",
+            "count-params")
+# Tool commands: each is ``selfsup_core.tools.<module>.run(args) -> int``, imported when used.
+TOOLS = {
+    "export": "export",
+    "import-weights": "export",
+    "migrate": "migrate",
+    "plot-log": "plot_log",
+    "count-params": "count_params",
+}
 EXIT_USAGE = 2
 
 _DESCRIPTION = """\
@@ -32,6 +41,11 @@ selfsup: self-supervised pre-training of vision backbones, composed from TOML co
   selfsup-run tsne CONFIG [--checkpoint CKPT] [--out FILE]
   selfsup-run list [KIND [PATTERN]] [--verbose] [--json]
   selfsup-run show-config CONFIG [--cfg-options KEY=VALUE ...]
+  selfsup-run export CKPT OUT [--format pth|safetensors] [--to raw|torchvision|timm] [--prefix P]
+  selfsup-run import-weights WEIGHTS OUT [--from auto|torchvision|timm|mmcls] [--format pth|safetensors]
+  selfsup-run migrate OLD_CONFIG.py [-o NEW.toml] [--check]
+  selfsup-run plot-log WORK_DIR [-o OUT.png]
+  selfsup-run count-params CONFIG [--cfg-options KEY=VALUE ...] [--depth N] [--json]
 """
 
 
@@ -98,7 +112,54 @@ def make_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("show-config", help="print the fully resolved config as TOML")
     _add_config_arguments(show)
+    _add_tool_parsers(commands)
     return parser
+
+
+def _add_tool_parsers(commands: Any) -> None:
+    export = commands.add_parser(
+        "export", help="write the backbone weights of a training checkpoint (online encoder) for downstream code"
+    )
+    export.add_argument("checkpoint", metavar="CKPT", help="a training checkpoint (ours, MMSelfSup or OpenSelfSup)")
+    export.add_argument("out", metavar="OUT", help="the weights file to write (.pth or .safetensors)")
+    export.add_argument("--format", choices=("pth", "safetensors"),
+                        help="file format (default: from OUT's suffix, else pth)")
+    export.add_argument("--to", choices=("raw", "torchvision", "timm"), default="raw",
+                        help="key names: raw (the backbone's own), torchvision or timm (checked; default raw)")
+    export.add_argument("--prefix", metavar="P",
+                        help="the backbone's key prefix in CKPT (default: found, e.g. 'backbone.', 'encoder_q.0.')")
+    export.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    export.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    imported = commands.add_parser(
+        "import-weights", help="turn torchvision/timm/mmcls weights into a backbone checkpoint for init_cfg Pretrained"
+    )
+    imported.add_argument("weights", metavar="WEIGHTS", help="a .pth/.pt/.bin or .safetensors state dict")
+    imported.add_argument("out", metavar="OUT", help="the backbone checkpoint to write (.pth or .safetensors)")
+    imported.add_argument("--from", dest="source", choices=("auto", "torchvision", "timm", "mmcls"), default="auto",
+                          help="the key-name dialect of WEIGHTS (default: auto)")
+    imported.add_argument("--format", choices=("pth", "safetensors"),
+                          help="file format (default: from OUT's suffix, else pth)")
+    imported.add_argument("--prefix", metavar="P", help="keep only keys under P and strip it (e.g. 'backbone.')")
+    imported.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    imported.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    migrate = commands.add_parser(
+        "migrate", help="convert an MMSelfSup 0.x / OpenSelfSup Python config to TOML (parsed, never executed)"
+    )
+    migrate.add_argument("old_config", metavar="OLD_CONFIG", help="the Python config (.py)")
+    migrate.add_argument("-o", "--out", metavar="NEW", help="the TOML to write (default: print it)")
+    migrate.add_argument("--force", action="store_true", help="overwrite NEW if it exists")
+    migrate.add_argument("--check", action="store_true", help="then validate and build the converted config")
+
+    plot = commands.add_parser("plot-log", help="plot loss, lr and kNN accuracy curves of a run's metrics log (PNG)")
+    plot.add_argument("work_dir", metavar="WORK_DIR", help="a run's work dir (or its metrics.jsonl)")
+    plot.add_argument("-o", "--out", metavar="OUT", help="the PNG (default: WORK_DIR/curves.png)")
+
+    count = commands.add_parser("count-params", help="count the parameters of CONFIG's model, per component")
+    _add_config_arguments(count)
+    count.add_argument("--depth", type=int, default=1, metavar="N", help="module-tree depth of the table (default 1)")
+    count.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -112,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handler = {"train": _train, "eval": _eval, "tsne": _eval, "list": _list, "show-config": _show_config}[args.command]
+    handlers = {"train": _train, "eval": _eval, "tsne": _eval, "list": _list, "show-config": _show_config}
+    handler = handlers.get(args.command, _tool)
     try:
         finished = False
         try:
@@ -147,6 +209,11 @@ def _load(args: argparse.Namespace) -> Any:
     config = load_config(args.config, args.cfg_options)
     _plugins.get_plugin_manager().hook.selfsup_process_config(config=config)
     return config
+
+
+def _tool(args: argparse.Namespace) -> int:
+    module = importlib.import_module(f"{__package__}.tools.{TOOLS[args.command]}")
+    return int(module.run(args))
 
 
 def _train(args: argparse.Namespace) -> int:
