@@ -29,7 +29,8 @@ sub-module that has a ``weight`` parameter.
 ``Pretrained``: ``checkpoint`` (a local path, or a URI that a plugin's
 ``selfsup_resolve_checkpoint`` hook turns into one; nothing is downloaded here), ``prefix``
 (keep only keys starting with it, then strip it, e.g. ``"backbone."``), ``strict=False``,
-``map_location="cpu"``. Files load with ``torch.load(..., weights_only=True)``; a raw state
+``map_location="cpu"``. Files load with ``torch.load(..., weights_only=True)``, or as
+safetensors when the name ends in ``.safetensors`` (timm hub files, ``selfsup-run export``); a raw state
 dict and training checkpoints (``state_dict`` / ``model`` entries, DDP ``module.`` prefixes)
 are both accepted. The result is an :class:`InitReport` (missing, unexpected, loaded and
 shape-mismatched keys), also logged on the ``selfsup_models.init`` logger.
@@ -298,7 +299,12 @@ def load_checkpoint_state_dict(
     """
     path = _resolve_checkpoint(checkpoint)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        if str(path).endswith(".safetensors"):
+            from selfsup_core.tools.safetensors_io import load_file
+
+            obj = load_file(path)
+        else:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - restate with the path, keep the cause
         raise ValueError(
             f"init_cfg Pretrained: cannot load {path} with weights_only=True: {' '.join(str(exc).split())[:300]}"

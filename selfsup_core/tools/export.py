@@ -1,0 +1,288 @@
+"""``selfsup-run export`` and ``selfsup-run import-weights``.
+
+``export CKPT OUT``: the online backbone of a training checkpoint (selfsup, MMSelfSup or
+OpenSelfSup; ``backbone.`` / ``encoder_q.0.`` / ``online_net.0.``, never the momentum copy)
+as a plain state dict or safetensors file whose keys load into the backbone class, and with
+``--to torchvision`` / ``--to timm`` checked against those libraries' models::
+
+    selfsup-run export work_dirs/mocov2/latest.pth r50.pth --to torchvision
+    >>> model = torchvision.models.resnet50()
+    >>> model.load_state_dict(torch.load("r50.pth"), strict=False)  # missing: fc.weight, fc.bias only
+
+``import-weights WEIGHTS OUT``: the reverse. torchvision, timm or mmcls weights (a ``.pth``
+or a hub ``.safetensors``) become a backbone checkpoint without the classifier, for
+``init_cfg = {type = "Pretrained", checkpoint = "OUT"}`` on ``[model.backbone]``.
+
+Both print what was kept and what was dropped, and why; ``--json`` prints it as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from . import weights as W
+from .weights import WeightsError
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``export`` and ``import-weights`` commands; returns the exit status."""
+    if args.command == "export":
+        report = export_backbone(args.checkpoint, args.out, fmt=args.format, to=args.to, prefix=args.prefix,
+                                 force=args.force)
+        text = format_export_report(report)
+    else:
+        report = import_weights(args.weights, args.out, source=args.source, fmt=args.format, prefix=args.prefix,
+                                force=args.force)
+        text = format_import_report(report)
+    print(json.dumps(report, indent=2) if args.json else text)
+    return 0
+
+
+# -- export ---------------------------------------------------------------------------------
+def export_backbone(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    fmt: str | None = None,
+    to: str = "raw",
+    prefix: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Write the backbone of ``checkpoint`` to ``out``; returns the report (a JSON-able dict).
+
+    ``to``: ``raw`` (the backbone's own key names), ``torchvision`` (ResNets; checked
+    against torchvision's models, the classifier ``fc`` is left out) or ``timm`` (ResNets
+    and ViTs; checked against timm's models where timm is installed). ``prefix``: where the
+    backbone's keys are (default: :data:`~selfsup_core.tools.weights.BACKBONE_PREFIXES`,
+    the first present; a file with none of them is taken as a bare backbone).
+    """
+    checkpoint, out = Path(checkpoint), Path(out)
+    fmt = W.output_format(out, fmt)
+    W.check_writable(out, [checkpoint], force)
+    state, meta = W.read_state_dict(checkpoint)
+    if prefix is None:
+        prefix = W.find_backbone_prefix(state) or ""
+    elif not any(k.startswith(prefix) for k in state):
+        found = sorted({k.split(".", 1)[0] + "." for k in state})
+        raise WeightsError(f"{checkpoint}: no key starts with --prefix {prefix!r}; prefixes found: {', '.join(found)}")
+    kept, dropped_keys = W.split_prefix(state, prefix)
+    dropped = [{"keys": f"{group}.*" if any("." in k for k in keys) else group, "count": len(keys),
+                "reason": W.drop_reason(group)} for group, keys in dropped_keys.items()]
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint), "out": str(out), "format": fmt, "to": to, "prefix": prefix,
+        "epoch": meta.get("epoch"), "iter": meta.get("iter"),
+    }
+    kept, report["target"], converted_drops = _convert(kept, to)
+    dropped += converted_drops
+    if not kept:
+        raise WeightsError(f"{checkpoint}: nothing is left to export under prefix {prefix!r}")
+    report.update(kept=len(kept), parameters=W.count_parameters(kept), dropped=dropped)
+    metadata = {"format": "pt", "source": checkpoint.name, "prefix": prefix, "key_names": to,
+                "selfsup_version": __version__}
+    if report["target"].get("arch"):
+        metadata["arch"] = report["target"]["arch"]
+    W.write_state_dict(kept, out, fmt, metadata)
+    return report
+
+
+def _convert(state: W.StateDict, to: str) -> tuple[W.StateDict, dict[str, Any], list[dict[str, Any]]]:
+    """Check (and trim) a backbone state dict for ``to``: ``(state, target report, drops)``."""
+    drops: list[dict[str, Any]] = []
+    if to == "raw":
+        return state, {"library": None}, drops
+    if W.is_resnet(state):
+        fc = [k for k in state if k.startswith("fc.")]
+        if fc:
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            drops.append({"keys": "fc.*", "count": len(fc), "reason": W.drop_reason("fc")})
+        match = W.match_torchvision_resnet(state)
+        target = {"library": to, **match}
+        if to == "timm":
+            target["checked_with_timm"] = _check_timm_resnet(state, match["arch"])
+        return state, target, drops
+    if W.is_vit(state) and to == "timm":
+        extra = W.timm_vit_differences(state)
+        if extra:
+            state = {k: v for k, v in state.items() if k not in extra}
+            drops.append({"keys": ", ".join(extra), "count": len(extra),
+                          "reason": "masked-image-modelling token; timm's VisionTransformer has none"})
+        target = {"library": "timm", "arch": "VisionTransformer", **_check_timm_vit(state)}
+        return state, target, drops
+    kind = "a ViT" if W.is_vit(state) else "not a ResNet or ViT"
+    sample = ", ".join(list(state)[:3])
+    hint = "--to raw or --to timm" if W.is_vit(state) else "--to raw"
+    raise WeightsError(f"--to {to}: this backbone is {kind} (keys {sample}, ...), which has no {to} key mapping; "
+                       f"use {hint}")
+
+
+def _check_timm_resnet(state: W.StateDict, arch: str) -> bool | None:
+    """Whether timm's ``arch`` has exactly these key names (None: timm is not installed)."""
+    try:
+        import timm
+        import torch
+    except ImportError:
+        return None
+    with torch.device("meta"):
+        names = {k for k in timm.create_model(arch, pretrained=False).state_dict() if not k.startswith("fc.")}
+    if names != set(state):
+        raise WeightsError(f"--to timm: timm's {arch} has other key names than this backbone "
+                           f"(first differences: {', '.join(sorted(names ^ set(state))[:4])})")
+    return True
+
+
+def _check_timm_vit(state: W.StateDict) -> dict[str, Any]:
+    """Build timm's ``VisionTransformer`` with this state dict's sizes (meta device) and
+    compare key names and shapes; ``{"checked_with_timm": None}`` without timm."""
+    try:
+        import torch
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:
+        return {"checked_with_timm": None}
+    proj = state["patch_embed.proj.weight"]
+    embed, in_chans, patch = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
+    has_cls = "cls_token" in state
+    tokens = int(state["pos_embed"].shape[1]) if "pos_embed" in state else 0
+    grid = int(round((tokens - int(has_cls)) ** 0.5))
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    hidden = int(state["blocks.0.mlp.fc1.weight"].shape[0])
+    with torch.device("meta"):
+        reference = VisionTransformer(
+            img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=embed, depth=depth, num_heads=1,
+            mlp_ratio=hidden / embed, qkv_bias="blocks.0.attn.qkv.bias" in state, class_token=has_cls,
+            global_pool="token" if has_cls else "avg", num_classes=0,
+            fc_norm=False if has_cls else None,
+        ).state_dict()
+    missing = sorted(set(reference) - set(state))
+    unexpected = sorted(set(state) - set(reference))
+    shapes = [f"{k}: {tuple(state[k].shape)} here, {tuple(v.shape)} in timm" for k, v in reference.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        raise WeightsError("--to timm: timm's VisionTransformer does not take these weights as they are: "
+                           + "; ".join(p for p in (f"missing {', '.join(missing[:4])}" if missing else "",
+                                                   f"unexpected {', '.join(unexpected[:4])}" if unexpected else "",
+                                                   "; ".join(shapes[:2])) if p))
+    return {"checked_with_timm": True, "exact": True, "img_size": grid * patch, "patch_size": patch,
+            "embed_dim": embed, "depth": depth}
+
+
+def format_export_report(report: dict[str, Any]) -> str:
+    """The human-readable export report, a few lines."""
+    where = f" (epoch {report['epoch']}, iteration {report['iter']})" if report.get("epoch") is not None else ""
+    names = {"raw": "the backbone's own key names", "torchvision": "torchvision key names",
+             "timm": "timm key names"}[report["to"]]
+    lines = [f"exported {report['kept']} tensors ({report['parameters']:,} parameters) under "
+             f"{report['prefix']!r} of {report['checkpoint']}{where}",
+             f"  -> {report['out']} ({report['format']}, {names})"]
+    target = report["target"]
+    if target.get("arch") and report["to"] in ("torchvision", "timm") and target["arch"] != "VisionTransformer":
+        if target.get("exact"):
+            lines.append(f"  matches {report['to']} {target['arch']} key for key and shape for shape: "
+                         f"load_state_dict(weights, strict=False) leaves only fc.weight, fc.bias missing")
+        else:
+            differences = target["shape_differences"]
+            lines.append(f"  key names match {report['to']} {target['arch']}; {len(differences)} shapes differ "
+                         f"where the config changed the network (build the {report['to']} model to match), e.g.:")
+            library = f" in {report['to']} "
+            lines += ["    " + d.replace(" in torchvision ", library) for d in differences[:3]]
+        if target.get("checked_with_timm") is None and report["to"] == "timm":
+            lines.append("  (timm is not installed: checked against torchvision, whose ResNet names timm shares)")
+    elif target.get("arch") == "VisionTransformer":
+        lines.append("  matches timm's VisionTransformer" if target.get("checked_with_timm")
+                     else "  timm key names (timm is not installed, so not checked against it)")
+    for drop in report["dropped"]:
+        lines.append(f"  dropped {drop['keys']} ({_tensors(drop['count'])}): {drop['reason']}")
+    return "\n".join(lines)
+
+
+def _tensors(count: int) -> str:
+    return f"{count} tensor" if count == 1 else f"{count} tensors"
+
+
+# -- import ---------------------------------------------------------------------------------
+def import_weights(
+    weights: str | Path,
+    out: str | Path,
+    *,
+    source: str = "auto",
+    fmt: str | None = None,
+    prefix: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Turn torchvision / timm / mmcls weights into a backbone checkpoint at ``out``.
+
+    The classifier (``fc.*`` of ResNets, ``head.*`` of ViTs, mmcls ``head.``/``neck.``) is
+    dropped and a ``backbone.`` prefix removed. ResNet key names are torchvision's (and
+    timm's) in selfsup, ViT names timm's; mmcls ViT names are kept, the ViT backbone
+    converts them when it loads. Returns the report.
+    """
+    weights, out = Path(weights), Path(out)
+    fmt = W.output_format(out, fmt)
+    W.check_writable(out, [weights], force)
+    state, _ = W.read_state_dict(weights)
+    dropped: list[dict[str, Any]] = []
+    if prefix is None and any(k.startswith("backbone.") for k in state):
+        prefix = "backbone."
+    if prefix:
+        if not any(k.startswith(prefix) for k in state):
+            found = sorted({k.split(".", 1)[0] + "." for k in state})
+            raise WeightsError(f"{weights}: no key starts with --prefix {prefix!r}; prefixes found: {', '.join(found)}")
+        state, others = W.split_prefix(state, prefix)
+        dropped += [{"keys": f"{g}.*", "count": len(k), "reason": "not under the backbone prefix " + repr(prefix)}
+                    for g, k in others.items()]
+    dialect = _dialect(state, source)
+    classifier = {"resnet": ("fc.",), "timm-vit": ("head.", "head_dist."), "mmcls-vit": ("head.",)}.get(dialect, ())
+    removed = [k for k in state if k.startswith(classifier)] if classifier else []
+    if removed:
+        state = {k: v for k, v in state.items() if k not in removed}
+        dropped.append({"keys": ", ".join(sorted({k.rsplit(".", 1)[0] + ".*" for k in removed})),
+                        "count": len(removed), "reason": "classifier (the backbone has none)"})
+    if not state:
+        raise WeightsError(f"{weights}: nothing is left after dropping the classifier")
+    report: dict[str, Any] = {"weights": str(weights), "out": str(out), "format": fmt, "dialect": dialect,
+                              "prefix": prefix or "", "kept": len(state), "parameters": W.count_parameters(state),
+                              "dropped": dropped}
+    if dialect == "resnet":
+        try:
+            report["arch"] = W.match_torchvision_resnet(state)["arch"]
+        except WeightsError:
+            report["arch"] = None
+    W.write_state_dict(state, out, fmt, {"format": "pt", "source": weights.name, "dialect": dialect,
+                                        "selfsup_version": __version__})
+    return report
+
+
+def _dialect(state: W.StateDict, source: str) -> str:
+    """``resnet``, ``timm-vit``, ``mmcls-vit`` or ``other``; ``source`` only checks it."""
+    if W.is_resnet(state):
+        found = "resnet"
+    elif W.is_vit(state):
+        found = "timm-vit"
+    elif "patch_embed.projection.weight" in state:
+        found = "mmcls-vit"
+    else:
+        found = "other"
+    expected = {"torchvision": ("resnet",), "timm": ("resnet", "timm-vit"), "mmcls": ("resnet", "mmcls-vit")}
+    if source != "auto" and found not in expected[source]:
+        raise WeightsError(f"--from {source}: these weights do not look like {source} ones (keys "
+                           f"{', '.join(list(state)[:3])}, ...); try --from auto")
+    return found
+
+
+def format_import_report(report: dict[str, Any]) -> str:
+    """The human-readable import report, ending with the ``init_cfg`` to use."""
+    kind = {"resnet": f"a ResNet ({report.get('arch') or 'torchvision/timm key names'})",
+            "timm-vit": "a ViT with timm key names", "mmcls-vit": "a ViT with mmcls key names (converted on load)",
+            "other": "weights of an architecture not recognised (written as they are)"}[report["dialect"]]
+    lines = [f"imported {report['kept']} tensors ({report['parameters']:,} parameters) of {kind} from "
+             f"{report['weights']}", f"  -> {report['out']} ({report['format']})"]
+    for drop in report["dropped"]:
+        lines.append(f"  dropped {drop['keys']} ({_tensors(drop['count'])}): {drop['reason']}")
+    lines += ["use it in a config:", "  [model.backbone]",
+              f"  init_cfg = {{ type = \"Pretrained\", checkpoint = {json.dumps(report['out'])} }}"]
+    return "\n".join(lines)
+
+
+__all__ = ["export_backbone", "format_export_report", "format_import_report", "import_weights", "run"]

@@ -1,0 +1,241 @@
+"""State dicts in and out: read any weights file, pick a training checkpoint's backbone,
+recognise ResNets and ViTs by their key names, and write ``.pth`` or ``.safetensors``.
+
+Used by ``selfsup-run export`` and ``import-weights`` (:mod:`selfsup_core.tools.export`).
+Everything is read with ``torch.load(..., weights_only=True)``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import SelfSupError
+from . import safetensors_io
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+StateDict = dict[str, "torch.Tensor"]
+
+#: Where the online (query / student) backbone lives in training checkpoints, most specific
+#: first: selfsup and MMSelfSup (``backbone.``), OpenSelfSup MoCo/NPID-style encoders
+#: (``encoder_q.0.``), OpenSelfSup BYOL (``online_net.0.``), DDP-wrapped models.
+BACKBONE_PREFIXES = ("backbone.", "module.backbone.", "model.backbone.", "encoder_q.0.", "online_net.0.",
+                     "module.encoder_q.0.", "module.online_net.0.")
+
+#: Why a group of training-checkpoint keys is not exported, by top-level name.
+_DROP_REASONS = {
+    "encoder_k": "momentum (key) encoder copy",
+    "momentum_encoder": "momentum encoder copy",
+    "target_backbone": "momentum (target) backbone copy",
+    "target_neck": "momentum (target) neck copy",
+    "target_net": "momentum (target) network copy",
+    "teacher": "teacher copy",
+    "neck": "projection neck (pre-training only)",
+    "head": "pre-training head",
+    "online_net": "online projector (pre-training only)",
+    "encoder_q": "query projector (pre-training only)",
+    "queue": "negative-key queue",
+    "queue2": "negative-key queue",
+    "queue_ptr": "queue pointer",
+    "queue2_ptr": "queue pointer",
+    "memory_bank": "memory bank",
+    "fc": "classifier (not part of a backbone)",
+}
+
+
+class WeightsError(SelfSupError):
+    """A weights file cannot be read, understood or written."""
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> tuple[StateDict, dict[str, Any]]:
+    """The tensor state dict in ``path`` and the checkpoint's ``meta`` (empty if none).
+
+    Accepts ``.safetensors``, raw state dicts and training checkpoints (``state_dict``,
+    ``model``, ``module`` ... entries); a DDP ``module.`` prefix on every key is removed.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return safetensors_io.load_file(path), safetensors_io.read_metadata(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "Weights only load failed" in str(exc):
+            raise WeightsError(
+                f"{path}: holds objects that are not plain tensors and containers, so it is not loaded "
+                "(weights_only=True); re-save just its state dict: torch.save(ckpt['state_dict'], 'weights.pth')"
+            ) from exc
+        raise WeightsError(f"{path}: cannot be read as a PyTorch file ({first[:200]})") from exc
+    meta = obj.get("meta") if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping) else {}
+    for _ in range(3):
+        if isinstance(obj, Mapping) and obj and not all(_is_tensor(v) for v in obj.values()):
+            inner = next((obj[k] for k in ("state_dict", "model", "model_state_dict", "module", "net")
+                          if isinstance(obj.get(k), Mapping)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    state = {k: v for k, v in obj.items() if isinstance(k, str) and _is_tensor(v)}
+    if not state:
+        raise WeightsError(f"{path}: holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state, dict(meta)
+
+
+def _is_tensor(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+def find_backbone_prefix(state: Mapping[str, Any]) -> str | None:
+    """The prefix of the online backbone's keys in a training checkpoint, or None when the
+    keys have no known prefix (the file is already a bare backbone)."""
+    for prefix in BACKBONE_PREFIXES:
+        if any(k.startswith(prefix) for k in state):
+            return prefix
+    return None
+
+
+def split_prefix(state: Mapping[str, Any], prefix: str) -> tuple[StateDict, dict[str, list[str]]]:
+    """``(kept, dropped)``: the keys under ``prefix`` with it removed, and every other key
+    grouped by its first component."""
+    kept: StateDict = {}
+    dropped: dict[str, list[str]] = {}
+    for key, value in state.items():
+        if key.startswith(prefix):
+            kept[key[len(prefix):]] = value
+        else:
+            dropped.setdefault(key.split(".", 1)[0], []).append(key)
+    return kept, dropped
+
+
+def drop_reason(group: str) -> str:
+    """Why a top-level key group of a training checkpoint is left out of an export."""
+    return _DROP_REASONS.get(group, "not under the backbone prefix")
+
+
+def count_parameters(state: Mapping[str, torch.Tensor]) -> int:
+    """Elements of the floating-point tensors, without BN statistics counters."""
+    return sum(int(v.numel()) for k, v in state.items()
+               if v.is_floating_point() and not k.endswith(("running_mean", "running_var")))
+
+
+# -- architectures --------------------------------------------------------------------------
+_LAYER_BLOCK = re.compile(r"layer([1-4])\.(\d+)\.")
+_TV_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+               "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+
+
+def is_resnet(state: Mapping[str, Any]) -> bool:
+    """Torchvision-style ResNet names: ``conv1`` or a deep ``stem`` and ``layerN.B.*``."""
+    return any(_LAYER_BLOCK.match(k) for k in state) and ("conv1.weight" in state or "stem.0.weight" in state)
+
+
+def is_vit(state: Mapping[str, Any]) -> bool:
+    """timm-style ViT names (``patch_embed.proj``, ``blocks.i.attn.qkv``)."""
+    return "patch_embed.proj.weight" in state and any(k.startswith("blocks.0.attn.qkv") for k in state)
+
+
+def match_torchvision_resnet(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Compare a ResNet backbone state dict with torchvision's ResNets (built on the meta
+    device, so nothing is allocated).
+
+    Returns ``{"arch", "exact", "shape_differences": [...]}`` for the torchvision model whose
+    non-``fc`` key names equal ``state``'s; ``exact`` when every shape matches too. Raises
+    :class:`WeightsError` naming what does not map (a deep stem, ResNet-D shortcuts, ...).
+    """
+    import torch
+    import torchvision
+
+    if "stem.0.weight" in state:
+        raise WeightsError("this ResNet has a deep stem (stem.*, ResNetV1d / ResNet-C); torchvision's ResNets "
+                           "have a single conv1: export it with --to raw")
+    if any(re.search(r"downsample\.2\.", k) for k in state):
+        raise WeightsError("this ResNet has average-pool shortcuts (downsample.1/.2, ResNet-D); torchvision's "
+                           "shortcuts are downsample.0/.1: export it with --to raw")
+    names = set(state)
+    best: tuple[int, str, list[str]] | None = None
+    for arch in _TV_RESNETS:
+        with torch.device("meta"):
+            reference = getattr(torchvision.models, arch)().state_dict()
+        reference = {k: v for k, v in reference.items() if not k.startswith("fc.")}
+        if set(reference) != names:
+            continue
+        differences = [f"{k}: {tuple(state[k].shape)} here, {tuple(v.shape)} in torchvision {arch}"
+                       for k, v in reference.items() if tuple(state[k].shape) != tuple(v.shape)]
+        if best is None or len(differences) < best[0]:
+            best = (len(differences), arch, differences)
+        if not differences:
+            break
+    if best is None:
+        blocks = sorted({(int(m.group(1)), int(m.group(2))) for k in state for m in [_LAYER_BLOCK.match(k)] if m})
+        counts = [1 + max((b for s, b in blocks if s == stage), default=-1) for stage in (1, 2, 3, 4)]
+        raise WeightsError(f"no torchvision ResNet has these key names (blocks per stage {counts}); "
+                           "export it with --to raw")
+    _, arch, differences = best
+    return {"arch": arch, "exact": not differences, "shape_differences": differences}
+
+
+def timm_vit_differences(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Keys of a selfsup ViT state dict that timm's ``VisionTransformer`` has no place for."""
+    return [k for k in state if k == "mask_token" or k.startswith(("decoder", "mask_token"))]
+
+
+# -- writing --------------------------------------------------------------------------------
+def output_format(out: str | os.PathLike[str], requested: str | None) -> str:
+    """``pth`` or ``safetensors``: as requested, else from the file suffix, else ``pth``."""
+    if requested:
+        return requested
+    return "safetensors" if str(out).endswith(".safetensors") else "pth"
+
+
+def check_writable(out: Path, sources: list[Path], force: bool) -> None:
+    """Refuse to overwrite an input, or an existing file without ``force``."""
+    for source in sources:
+        if out.exists() and source.exists() and out.resolve() == source.resolve():
+            raise WeightsError(f"{out}: is the input file; write the weights to another path")
+    if out.exists() and not force:
+        raise WeightsError(f"{out}: exists; pass --force to overwrite it, or choose another path")
+    if out.exists() and out.is_dir():
+        raise WeightsError(f"{out}: is a directory; give a file name such as {out}/backbone.pth")
+
+
+def write_state_dict(state: StateDict, out: Path, fmt: str, metadata: Mapping[str, str]) -> None:
+    """Write ``state`` atomically: a plain ``torch.save`` dict, or safetensors with ``metadata``."""
+    # clone: a view would drag its whole storage (e.g. a fused checkpoint buffer) into the file
+    state = {k: v.detach().clone().contiguous() for k, v in state.items()}
+    if fmt == "safetensors":
+        safetensors_io.save_file(state, out, metadata=metadata)
+        return
+    from ..engine.checkpoint import atomic_save
+
+    atomic_save(state, out)
+
+
+__all__ = [
+    "BACKBONE_PREFIXES",
+    "WeightsError",
+    "check_writable",
+    "count_parameters",
+    "drop_reason",
+    "find_backbone_prefix",
+    "is_resnet",
+    "is_vit",
+    "match_torchvision_resnet",
+    "output_format",
+    "read_state_dict",
+    "split_prefix",
+    "timm_vit_differences",
+    "write_state_dict",
+]
