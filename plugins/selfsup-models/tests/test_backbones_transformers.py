@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-import importlib.util
+import sys
 
 import pytest
 import torch
@@ -244,8 +244,8 @@ def test_swin_frozen_stages_and_checkpoint_norm(tmp_path):
 # ----------------------------------------------------------------------------- timm
 
 
-@pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="timm is installed")
-def test_timm_backbone_without_timm_says_how_to_install():
+def test_timm_backbone_without_timm_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # as if it were not installed: import timm fails
     with pytest.raises(ConfigError, match="pip install timm"):
         build({"type": "TimmBackbone", "model_name": "resnet18"}, "backbones")
 
