@@ -47,7 +47,7 @@ _DROP_REASONS = {
 }
 
 
-class WeightsError(SelfSupError):
+class WeightsError(SelfSupError, ValueError):
     """A weights file cannot be read, understood or written."""
 
 
@@ -75,21 +75,29 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[StateDict, dict[str, 
             ) from exc
         raise WeightsError(f"{path}: cannot be read as a PyTorch file ({first[:200]})") from exc
     meta = obj.get("meta") if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping) else {}
+    return unwrap_state_dict(obj, str(path)), dict(meta)
+
+
+def unwrap_state_dict(obj: Any, source: str) -> StateDict:
+    """The tensor state dict inside a loaded file: ``obj`` itself, or its ``state_dict`` /
+    ``model`` / ``model_state_dict`` / ``module`` / ``teacher`` / ``net`` entry (up to three
+    levels); non-tensor entries are left out and a DDP ``module.`` prefix on every key is
+    removed. ``source`` names the file in errors."""
     for _ in range(3):
         if isinstance(obj, Mapping) and obj and not all(_is_tensor(v) for v in obj.values()):
-            inner = next((obj[k] for k in ("state_dict", "model", "model_state_dict", "module", "net")
+            inner = next((obj[k] for k in ("state_dict", "model", "model_state_dict", "module", "teacher", "net")
                           if isinstance(obj.get(k), Mapping)), None)
             if inner is None:
                 break
             obj = inner
     if not isinstance(obj, Mapping):
-        raise WeightsError(f"{path}: holds a {type(obj).__name__}, not a state dict")
+        raise WeightsError(f"{source}: holds a {type(obj).__name__}, not a state dict")
     state = {k: v for k, v in obj.items() if isinstance(k, str) and _is_tensor(v)}
     if not state:
-        raise WeightsError(f"{path}: holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
+        raise WeightsError(f"{source}: holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
-    return state, dict(meta)
+    return state
 
 
 def _is_tensor(value: Any) -> bool:
@@ -237,5 +245,6 @@ __all__ = [
     "read_state_dict",
     "split_prefix",
     "timm_vit_differences",
+    "unwrap_state_dict",
     "write_state_dict",
 ]

@@ -45,6 +45,7 @@ from typing import Any, Callable
 
 import attrs
 import torch
+from selfsup_core.tools.weights import WeightsError, unwrap_state_dict
 from torch import nn
 
 __all__ = ["INITIALIZERS", "BaseModule", "InitReport", "apply_init_cfg", "load_checkpoint_state_dict"]
@@ -264,30 +265,6 @@ def _resolve_checkpoint(uri: str) -> str:
     raise FileNotFoundError(f"init_cfg Pretrained: checkpoint file not found: {path}")
 
 
-def _unwrap_state_dict(obj: Any, source: str) -> dict[str, torch.Tensor]:
-    """The tensor state dict inside a loaded checkpoint (raw, ``state_dict``, ``model``...)."""
-    for _ in range(3):
-        if isinstance(obj, Mapping) and obj and not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            for key in ("state_dict", "model", "model_state_dict", "module", "teacher", "net"):
-                if isinstance(obj.get(key), Mapping):
-                    obj = obj[key]
-                    break
-            else:
-                break
-        else:
-            break
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"init_cfg Pretrained: {source} does not hold a state dict (got {type(obj).__name__})")
-    state = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    if not state:
-        raise ValueError(
-            f"init_cfg Pretrained: {source} holds no tensors; top-level keys: {', '.join(map(str, list(obj)[:10]))}"
-        )
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
 def load_checkpoint_state_dict(
     checkpoint: str, prefix: str | None = None, map_location: str | None = "cpu"
 ) -> tuple[dict[str, torch.Tensor], str]:
@@ -309,7 +286,10 @@ def load_checkpoint_state_dict(
         raise ValueError(
             f"init_cfg Pretrained: cannot load {path} with weights_only=True: {' '.join(str(exc).split())[:300]}"
         ) from exc
-    state = _unwrap_state_dict(obj, path)
+    try:
+        state = unwrap_state_dict(obj, path)
+    except WeightsError as exc:
+        raise ValueError(f"init_cfg Pretrained: {exc}") from None
     if prefix:
         selected = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         if not selected:
