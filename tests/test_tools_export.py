@@ -153,11 +153,12 @@ def test_export_refuses_what_it_cannot_do_in_one_line(tmp_path: Path, capsys: py
         lines = err_text.strip().splitlines()
         assert status == 2 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err_text
     assert out.read_bytes() == b"precious"
-    vit = {"backbone.patch_embed.proj.weight": torch.randn(8, 3, 4, 4), "backbone.blocks.0.attn.qkv.weight": torch.randn(24, 8)}
-    torch.save({"state_dict": vit}, tmp_path / "vit.pth")
-    done = run_selfsup("export", tmp_path / "vit.pth", tmp_path / "v.pth", "--to", "torchvision")
+    swin = {"backbone.patch_embed.projection.weight": torch.randn(8, 3, 4, 4),
+            "backbone.layers.0.blocks.0.attn.w_msa.qkv.weight": torch.randn(24, 8)}
+    torch.save({"state_dict": swin}, tmp_path / "swin.pth")
+    done = run_selfsup("export", tmp_path / "swin.pth", tmp_path / "v.pth", "--to", "torchvision")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr  # one line, from a real process
-    assert "this backbone is a ViT" in done.stderr and "use --to raw or --to timm" in done.stderr
+    assert "this backbone is not a ResNet or ViT" in done.stderr and "use --to raw" in done.stderr
 
 
 def test_export_to_timm_checks_a_vit_against_timm_and_drops_the_mask_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

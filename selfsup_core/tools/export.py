@@ -53,8 +53,8 @@ def export_backbone(
 ) -> dict[str, Any]:
     """Write the backbone of ``checkpoint`` to ``out``; returns the report (a JSON-able dict).
 
-    ``to``: ``raw`` (the backbone's own key names), ``torchvision`` (ResNets; checked
-    against torchvision's models, the classifier ``fc`` is left out) or ``timm`` (ResNets
+    ``to``: ``raw`` (the backbone's own key names), ``torchvision`` (ResNets and ViTs; checked
+    against torchvision's models, the classifier ``fc`` is left out, ViT keys renamed) or ``timm`` (ResNets
     and ViTs; checked against timm's models where timm is installed). ``prefix``: where the
     backbone's keys are (default: :data:`~selfsup_core.tools.weights.BACKBONE_PREFIXES`,
     the first present; a file with none of them is taken as a bare backbone).
@@ -103,19 +103,19 @@ def _convert(state: W.StateDict, to: str) -> tuple[W.StateDict, dict[str, Any], 
         if to == "timm":
             target["checked_with_timm"] = _check_timm_resnet(state, match["arch"])
         return state, target, drops
-    if W.is_vit(state) and to == "timm":
+    if W.is_vit(state):
         extra = W.timm_vit_differences(state)
         if extra:
             state = {k: v for k, v in state.items() if k not in extra}
             drops.append({"keys": ", ".join(extra), "count": len(extra),
-                          "reason": "masked-image-modelling token; timm's VisionTransformer has none"})
-        target = {"library": "timm", "arch": "VisionTransformer", **_check_timm_vit(state)}
-        return state, target, drops
-    kind = "a ViT" if W.is_vit(state) else "not a ResNet or ViT"
+                          "reason": f"masked-image-modelling token; {to}'s VisionTransformer has none"})
+        if to == "timm":
+            return state, {"library": "timm", "arch": "VisionTransformer", **_check_timm_vit(state)}, drops
+        converted = W.vit_to_torchvision(state)
+        return converted.pop("state"), {"library": "torchvision", **converted}, drops
     sample = ", ".join(list(state)[:3])
-    hint = "--to raw or --to timm" if W.is_vit(state) else "--to raw"
-    raise WeightsError(f"--to {to}: this backbone is {kind} (keys {sample}, ...), which has no {to} key mapping; "
-                       f"use {hint}")
+    raise WeightsError(f"--to {to}: this backbone is not a ResNet or ViT (keys {sample}, ...), so it has no {to} "
+                       "key mapping; use --to raw")
 
 
 def _check_timm_resnet(state: W.StateDict, arch: str) -> bool | None:
@@ -189,6 +189,11 @@ def format_export_report(report: dict[str, Any]) -> str:
             lines += ["    " + d.replace(" in torchvision ", library) for d in differences[:3]]
         if target.get("checked_with_timm") is None and report["to"] == "timm":
             lines.append("  (timm is not installed: checked against torchvision, whose ResNet names timm shares)")
+    elif target.get("arch") == "VisionTransformer" and report["to"] == "torchvision":
+        lines.append(f"  matches torchvision.models.VisionTransformer(image_size={target['image_size']}, "
+                     f"patch_size={target['patch_size']}, num_layers={target['num_layers']}, "
+                     f"hidden_dim={target['hidden_dim']}, mlp_dim={target['mlp_dim']}, num_heads=...): "
+                     "load_state_dict(weights, strict=False) leaves only heads.* missing")
     elif target.get("arch") == "VisionTransformer":
         lines.append("  matches timm's VisionTransformer" if target.get("checked_with_timm")
                      else "  timm key names (timm is not installed, so not checked against it)")
@@ -213,10 +218,10 @@ def import_weights(
 ) -> dict[str, Any]:
     """Turn torchvision / timm / mmcls weights into a backbone checkpoint at ``out``.
 
-    The classifier (``fc.*`` of ResNets, ``head.*`` of ViTs, mmcls ``head.``/``neck.``) is
-    dropped and a ``backbone.`` prefix removed. ResNet key names are torchvision's (and
-    timm's) in selfsup, ViT names timm's; mmcls ViT names are kept, the ViT backbone
-    converts them when it loads. Returns the report.
+    The classifier (``fc.*`` of ResNets, ``head.*`` / ``heads.*`` of ViTs, mmcls ``head.``/``neck.``)
+    is dropped and a ``backbone.`` prefix removed. ResNet key names are torchvision's (and
+    timm's) in selfsup, ViT names timm's: torchvision ViT names are renamed to them; mmcls
+    ViT names are kept, the ViT backbone converts them when it loads. Returns the report.
     """
     weights, out = Path(weights), Path(out)
     fmt = W.output_format(out, fmt)
@@ -233,6 +238,11 @@ def import_weights(
         dropped += [{"keys": f"{g}.*", "count": len(k), "reason": "not under the backbone prefix " + repr(prefix)}
                     for g, k in others.items()]
     dialect = _dialect(state, source)
+    if dialect == "torchvision-vit":
+        heads = [k for k in state if k.startswith("heads.")]
+        if heads:
+            dropped.append({"keys": "heads.*", "count": len(heads), "reason": "classifier (the backbone has none)"})
+        state = W.vit_from_torchvision(state)
     classifier = {"resnet": ("fc.",), "timm-vit": ("head.", "head_dist."), "mmcls-vit": ("head.",)}.get(dialect, ())
     removed = [k for k in state if k.startswith(classifier)] if classifier else []
     if removed:
@@ -255,16 +265,18 @@ def import_weights(
 
 
 def _dialect(state: W.StateDict, source: str) -> str:
-    """``resnet``, ``timm-vit``, ``mmcls-vit`` or ``other``; ``source`` only checks it."""
+    """``resnet``, ``timm-vit``, ``torchvision-vit``, ``mmcls-vit`` or ``other``; ``source`` only checks it."""
     if W.is_resnet(state):
         found = "resnet"
     elif W.is_vit(state):
         found = "timm-vit"
+    elif W.is_torchvision_vit(state):
+        found = "torchvision-vit"
     elif "patch_embed.projection.weight" in state:
         found = "mmcls-vit"
     else:
         found = "other"
-    expected = {"torchvision": ("resnet",), "timm": ("resnet", "timm-vit"), "mmcls": ("resnet", "mmcls-vit")}
+    expected = {"torchvision": ("resnet", "torchvision-vit"), "timm": ("resnet", "timm-vit"), "mmcls": ("resnet", "mmcls-vit")}
     if source != "auto" and found not in expected[source]:
         raise WeightsError(f"--from {source}: these weights do not look like {source} ones (keys "
                            f"{', '.join(list(state)[:3])}, ...); try --from auto")
@@ -274,7 +286,8 @@ def _dialect(state: W.StateDict, source: str) -> str:
 def format_import_report(report: dict[str, Any]) -> str:
     """The human-readable import report, ending with the ``init_cfg`` to use."""
     kind = {"resnet": f"a ResNet ({report.get('arch') or 'torchvision/timm key names'})",
-            "timm-vit": "a ViT with timm key names", "mmcls-vit": "a ViT with mmcls key names (converted on load)",
+            "timm-vit": "a ViT with timm key names", "torchvision-vit": "a torchvision ViT (renamed to timm names)",
+            "mmcls-vit": "a ViT with mmcls key names (converted on load)",
             "other": "weights of an architecture not recognised (written as they are)"}[report["dialect"]]
     lines = [f"imported {report['kept']} tensors ({report['parameters']:,} parameters) of {kind} from "
              f"{report['weights']}", f"  -> {report['out']} ({report['format']})"]

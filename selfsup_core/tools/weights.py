@@ -200,6 +200,106 @@ def timm_vit_differences(state: Mapping[str, torch.Tensor]) -> list[str]:
     return [k for k in state if k == "mask_token" or k.startswith(("decoder", "mask_token"))]
 
 
+_TIMM_TO_TV_VIT = (
+    (r"^cls_token$", "class_token"),
+    (r"^pos_embed$", "encoder.pos_embedding"),
+    (r"^patch_embed\.proj\.", "conv_proj."),
+    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.encoder_layer_\1.ln_1."),
+    (r"^blocks\.(\d+)\.attn\.qkv\.weight$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_weight"),
+    (r"^blocks\.(\d+)\.attn\.qkv\.bias$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_bias"),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.encoder_layer_\1.self_attention.out_proj."),
+    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.encoder_layer_\1.ln_2."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layers.encoder_layer_\1.mlp.0."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layers.encoder_layer_\1.mlp.3."),
+    (r"^norm\.", "encoder.ln."),
+)
+_TV_TO_TIMM_VIT = (
+    (r"^class_token$", "cls_token"),
+    (r"^encoder\.pos_embedding$", "pos_embed"),
+    (r"^conv_proj\.", "patch_embed.proj."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_1\.", r"blocks.\1.norm1."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_weight$", r"blocks.\1.attn.qkv.weight"),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_bias$", r"blocks.\1.attn.qkv.bias"),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.out_proj\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_2\.", r"blocks.\1.norm2."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:0|linear_1)\.", r"blocks.\1.mlp.fc1."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:3|linear_2)\.", r"blocks.\1.mlp.fc2."),
+    (r"^encoder\.ln\.", "norm."),
+)
+
+
+def _rename(state: Mapping[str, torch.Tensor], rules: tuple[tuple[str, str], ...]) -> tuple[StateDict, list[str]]:
+    """Apply the first matching ``(pattern, replacement)`` to each key: ``(renamed, unmatched keys)``."""
+    renamed: StateDict = {}
+    unmatched: list[str] = []
+    for key, value in state.items():
+        for pattern, replacement in rules:
+            new, count = re.subn(pattern, replacement, key)
+            if count:
+                renamed[new] = value
+                break
+        else:
+            unmatched.append(key)
+    return renamed, unmatched
+
+
+def is_torchvision_vit(state: Mapping[str, Any]) -> bool:
+    """torchvision ``VisionTransformer`` names (``conv_proj``, ``encoder.layers.encoder_layer_i``)."""
+    return "conv_proj.weight" in state and any(k.startswith("encoder.layers.encoder_layer_0.") for k in state)
+
+
+def vit_to_torchvision(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """timm-named ViT weights (ours) -> torchvision ``VisionTransformer`` names, checked
+    against a torchvision model of the same sizes built on the meta device.
+
+    Returns ``{"state", "arch", "exact", "image_size", "patch_size", "hidden_dim", "num_layers",
+    "mlp_dim"}``. Raises :class:`WeightsError` for what torchvision's ViT cannot hold (no cls
+    token, no qkv bias, extra tokens).
+    """
+    import torch
+    import torchvision
+
+    if "cls_token" not in state:
+        raise WeightsError("--to torchvision: this ViT has no cls token, which torchvision's VisionTransformer "
+                           "always has; use --to timm or --to raw")
+    if not any(k.endswith("attn.qkv.bias") for k in state):
+        raise WeightsError("--to torchvision: this ViT has no qkv bias, which torchvision's VisionTransformer "
+                           "always has; use --to timm or --to raw")
+    renamed, unmatched = _rename(state, _TIMM_TO_TV_VIT)
+    if unmatched:
+        raise WeightsError(f"--to torchvision: no torchvision VisionTransformer name for {', '.join(unmatched[:4])}; "
+                           "use --to timm or --to raw")
+    proj = renamed["conv_proj.weight"]
+    hidden, patch = int(proj.shape[0]), int(proj.shape[2])
+    grid = int(round((int(renamed["encoder.pos_embedding"].shape[1]) - 1) ** 0.5))
+    layers = 1 + max(int(m.group(1)) for k in renamed for m in [re.match(r"encoder\.layers\.encoder_layer_(\d+)\.", k)] if m)
+    mlp = int(renamed["encoder.layers.encoder_layer_0.mlp.0.weight"].shape[0])
+    if int(proj.shape[1]) != 3:
+        raise WeightsError(f"--to torchvision: torchvision's VisionTransformer takes 3 input channels, this one "
+                           f"{int(proj.shape[1])}; use --to timm or --to raw")
+    with torch.device("meta"):
+        reference = torchvision.models.VisionTransformer(
+            image_size=grid * patch, patch_size=patch, num_layers=layers, num_heads=1, hidden_dim=hidden, mlp_dim=mlp
+        ).state_dict()
+    reference = {k: v for k, v in reference.items() if not k.startswith("heads.")}
+    problems = sorted(set(reference) ^ set(renamed))
+    problems += [k for k, v in reference.items() if k in renamed and tuple(v.shape) != tuple(renamed[k].shape)]
+    if problems:
+        raise WeightsError(f"--to torchvision: torchvision's VisionTransformer does not take these weights "
+                           f"(first differences: {', '.join(problems[:4])}); use --to timm or --to raw")
+    return {"state": renamed, "arch": "VisionTransformer", "exact": True, "image_size": grid * patch,
+            "patch_size": patch, "hidden_dim": hidden, "num_layers": layers, "mlp_dim": mlp}
+
+
+def vit_from_torchvision(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """torchvision ``VisionTransformer`` weights -> the timm names selfsup's ViT uses
+    (``heads.*``, the classifier, is left out by the caller)."""
+    renamed, unmatched = _rename({k: v for k, v in state.items() if not k.startswith("heads.")}, _TV_TO_TIMM_VIT)
+    if unmatched:
+        raise WeightsError(f"no selfsup ViT name for torchvision keys {', '.join(unmatched[:4])}")
+    return renamed
+
+
 # -- writing --------------------------------------------------------------------------------
 def output_format(out: str | os.PathLike[str], requested: str | None) -> str:
     """``pth`` or ``safetensors``: as requested, else from the file suffix, else ``pth``."""
@@ -239,6 +339,7 @@ __all__ = [
     "drop_reason",
     "find_backbone_prefix",
     "is_resnet",
+    "is_torchvision_vit",
     "is_vit",
     "match_torchvision_resnet",
     "output_format",
@@ -246,5 +347,7 @@ __all__ = [
     "split_prefix",
     "timm_vit_differences",
     "unwrap_state_dict",
+    "vit_from_torchvision",
+    "vit_to_torchvision",
     "write_state_dict",
 ]
