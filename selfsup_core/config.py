@@ -341,17 +341,32 @@ def dump_toml(data: Mapping[str, Any]) -> str:
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
+#: Arrays of tables written inline, one table per line, as configs write transform pipelines
+#: (``[[data.train.pipeline]]`` blocks would be valid but hard to read).
+_INLINE_TABLE_ARRAYS = frozenset({"pipeline", "transforms"})
+
+
 def _is_table_array(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _is_small_leaf(value: Any, path: tuple[str, ...]) -> bool:
+    """A short table of plain values two or more levels deep (``norm_cfg``, ``init_cfg``, a
+    ``data_source``): written inline, ``norm_cfg = {type = "BN"}``, as configs write them."""
+    return (isinstance(value, dict) and bool(value) and len(path) >= 2
+            and not any(isinstance(v, dict) or _is_table_array(v) for v in value.values())
+            and len(_value(value)) <= 80)
 
 
 def _emit_table(lines: list[str], table: Mapping[str, Any], path: tuple[str, ...]) -> None:
     nested = []
     for key, value in table.items():
-        if isinstance(value, dict) or _is_table_array(value):
+        if _is_small_leaf(value, path):
+            lines.append(f"{_key(key)} = {_value(value)}")
+        elif isinstance(value, dict) or (_is_table_array(value) and key not in _INLINE_TABLE_ARRAYS):
             nested.append((key, value))
         else:
-            lines.append(f"{_key(key)} = {_value(value)}")
+            lines.append(f"{_key(key)} = {_array_lines(value, 0) if isinstance(value, (list, tuple)) else _value(value)}")
     for key, value in nested:
         header = ".".join(_key(k) for k in (*path, key))
         if isinstance(value, dict):
@@ -361,6 +376,21 @@ def _emit_table(lines: list[str], table: Mapping[str, Any], path: tuple[str, ...
             for item in value:
                 lines += ["", f"[[{header}]]"]
                 _emit_table(lines, item, (*path, key))
+
+
+_LINE_WIDTH = 100
+
+
+def _array_lines(value: list[Any] | tuple[Any, ...], indent: int) -> str:
+    """An array on one line when it fits in :data:`_LINE_WIDTH`, else one item per line
+    (nested arrays likewise; inline tables always stay on one line, as TOML requires), e.g.
+    a pipeline of transforms."""
+    flat = _value(value)
+    if len(flat) + indent <= _LINE_WIDTH or not value:
+        return flat
+    inner = " " * (indent + 4)
+    items = [_array_lines(v, indent + 4) if isinstance(v, (list, tuple)) else _value(v) for v in value]
+    return "[\n" + "".join(f"{inner}{item},\n" for item in items) + " " * indent + "]"
 
 
 def _key(key: str) -> str:

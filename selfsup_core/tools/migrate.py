@@ -1,0 +1,796 @@
+"""``selfsup-run migrate OLD_CONFIG.py [-o NEW.toml] [--force] [--check]``: MMSelfSup 0.x and
+OpenSelfSup Python configs -> selfsup TOML.
+
+Migrating MMSelfSup / OpenSelfSup configs
+-----------------------------------------
+::
+
+    selfsup-run migrate configs/selfsup/mocov2/mocov2_resnet50_8xb32-coslr-200e_in1k.py -o mocov2.toml --check
+
+The Python file is *parsed*, never run (see :mod:`selfsup_core.tools.static_eval`): literals,
+``dict(...)``, list operations (``.extend``, ``.append``, ``+``), ``copy.deepcopy``, ``if`` on
+known values, names defined earlier, ``_base_`` chains and ``{{_base_.x}}`` references are
+evaluated; anything else (``os.system(...)``, unknown functions, loops, lambdas, used
+imports) is refused with ``FILE:LINE`` and nothing is written. The result is one TOML file
+without ``_base_`` (everything inherited spelled out) that starts with a comment naming the
+source, the ``_base_`` files read and the command, and ends with the list of dropped keys.
+
+What is renamed (the old names are understood here, not by the registry):
+
+==========================================  ===================================================
+old (OpenSelfSup / MMSelfSup 0.x)           selfsup
+==========================================  ===================================================
+``MOCO``                                    ``MoCo``
+``pretrained='x'`` (algorithm)              backbone ``init_cfg = {type="Pretrained", checkpoint="x"}``
+``NonLinearNeckV0``                         ``ODCNeck`` (``norm_cfg`` BN, SyncBN with ``sync_bn``)
+``NonLinearNeckV1``                         ``MoCoV2Neck``
+``NonLinearNeckV2``                         ``NonLinearNeck`` (2 layers, ``with_bias``,
+                                            ``with_last_bias``, no last BN; BN or SyncBN)
+``NonLinearNeckSimCLR``                     ``NonLinearNeck`` (no biases, last BN; SyncBN
+                                            unless ``sync_bn=False``)
+``AvgPoolNeck``                             ``AvgPool2dNeck``
+``ContrastiveDataset``                      ``MultiViewDataset`` (``num_views=[2]``)
+``BYOLDataset`` (``pipeline1/2``)           ``MultiViewDataset`` (``num_views=[1, 1]``)
+``ClassificationDataset``, ``ExtractDataset``,
+``NPIDDataset``, ``SingleViewDataset``      ``OneViewDataset``
+``ImageNet``/``ImageList`` with a list      ``ImageList`` (``ann_file``, ``root``)
+``ImageNet`` without a list                 ``ImageFolder`` (``root``)
+``Cifar10``/``CIFAR10``, ``Cifar100``       ``CIFAR10``, ``CIFAR100`` (``root``, ``split``)
+``RandomApply``                             ``RandomAppliedTrans``
+``ToTensor``                                ``ToImage`` + ``ToDtype(dtype="float32", scale=true)``
+``BYOLHook``, ``MomentumUpdateHook``        ``MomentumUpdate``
+``imgs_per_gpu``                            ``data.samples_per_gpu``
+``total_epochs``, ``runner.max_epochs``     ``runner.max_epochs``
+``optimizer_config.update_interval``        ``optimizer_config.accumulate_steps``
+``optimizer_config.grad_clip``              ``optimizer_config.grad_clip`` (max_norm, norm_type)
+``fp16 = dict(...)``, ``use_fp16``          ``runner.precision = "fp16"``
+``cudnn_benchmark``, ``find_unused_parameters``  ``runner.*``
+``log_config`` TensorboardLoggerHook        ``log_config.tensorboard = true``
+``custom_hooks``                            ``[[hooks]]``
+==========================================  ===================================================
+
+OpenSelfSup's ``GaussianBlur`` and ``Solarization`` always applied (``RandomAppliedTrans``
+gave the probability); ours take ``p`` (default 0.5), so a converted OpenSelfSup config gets
+``p = 1.0`` where the old one had none. Keys selfsup has no use for (``dist_params``,
+``workflow``, ``load_from``, ``memcached`` ...) are dropped, each reported on stderr as
+``dropped <dotted.key>: <why>`` and listed at the end of the TOML; an unknown component type
+is kept as written with a warning.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..config import display_path, dump_toml
+from ..errors import ConfigError
+from .static_eval import load_python_config
+
+OPENSELFSUP = "OpenSelfSup"
+MMSELFSUP = "MMSelfSup 0.x"
+
+#: Old component names -> ours, per kind (old names that equal ours are not listed).
+RENAMES: dict[str, dict[str, str]] = {
+    "algorithms": {"MOCO": "MoCo"},
+    "necks": {"NonLinearNeckV0": "ODCNeck", "NonLinearNeckV1": "MoCoV2Neck", "NonLinearNeckV2": "NonLinearNeck",
+              "NonLinearNeckSimCLR": "NonLinearNeck", "AvgPoolNeck": "AvgPool2dNeck"},
+    "datasets": {"ContrastiveDataset": "MultiViewDataset", "BYOLDataset": "MultiViewDataset",
+                 "ClassificationDataset": "OneViewDataset", "ExtractDataset": "OneViewDataset",
+                 "NPIDDataset": "OneViewDataset", "SingleViewDataset": "OneViewDataset"},
+    "data_sources": {"Cifar10": "CIFAR10", "Cifar100": "CIFAR100"},
+    "transforms": {"RandomApply": "RandomAppliedTrans"},
+}
+#: Old hook name -> (our candidate names, first installed wins; the arguments ours take).
+HOOKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "BYOLHook": (("MomentumUpdate",), ("end_momentum", "update_interval")),
+    "MomentumUpdateHook": (("MomentumUpdate",), ("end_momentum", "update_interval")),
+    "MomentumUpdate": (("MomentumUpdate",), ("end_momentum", "update_interval")),
+    "DeepClusterHook": (("DeepClusterHook", "DeepCluster"), ("extractor", "clustering", "unif_sampling", "reweight",
+                                                              "reweight_pow", "init_memory", "initial", "interval")),
+    "ODCHook": (("ODCHook", "ODC"), ("centroids_update_interval", "deal_with_small_clusters_interval",
+                                      "evaluate_interval", "reweight", "reweight_pow")),
+    "SwAVHook": (("SwAVHook", "SwAV"), ("batch_size", "epoch_queue_starts", "crops_for_assign", "feat_dim",
+                                         "queue_length", "frozen_layers_cfg")),
+    "DenseCLHook": (("DenseCLHook", "DenseCL"), ("start_iters",)),
+    "SimSiamHook": (("SimSiamHook", "SimSiam"), ("fix_pred_lr", "lr")),
+}
+DROPPED_HOOKS = {
+    "ValidateHook": "online evaluation is configured in the [evaluation] table (see README, Evaluation)",
+    "EvalHook": "online evaluation is configured in the [evaluation] table (see README, Evaluation)",
+    "DistEvalHook": "online evaluation is configured in the [evaluation] table (see README, Evaluation)",
+    "DistSamplerSeedHook": "the trainer seeds its sampler every epoch",
+}
+EXTRACTOR_KEYS = ("dataset", "pipeline", "samples_per_gpu", "workers_per_gpu")
+CLUSTERING_KEYS = ("k", "pca_dim", "iterations", "seed", "init", "backend")
+#: Arguments of old components that ours do not have, with the reason (any component).
+OBSOLETE_ARGS = {
+    "memcached": "memcached reading is not supported; images are read from the file system",
+    "mclient_path": "memcached reading is not supported; images are read from the file system",
+    "file_client_args": "files are read from the local file system",
+    "prefetch": "no prefetch option; use workers_per_gpu (and augment_on = \"device\" for GPU augmentation)",
+    "dist_mode": "distribution is detected at run time",
+    "priority": "hooks run in their [[hooks]] order",
+    "return_label": "a data source returns labels whenever it has them",
+    "channel_order": "images are decoded as RGB",
+    "size_average": "LatentPredictHead always averages the loss over the batch",
+    "debug": "no debug mode",
+}
+#: Per (type, argument): arguments a specific component drops.
+OBSOLETE_TYPE_ARGS = {
+    ("ResNet", "style"): "only the 'pytorch' style exists (stride 2 in the 3x3 convolution)",
+    ("ResNetV1d", "style"): "only the 'pytorch' style exists (stride 2 in the 3x3 convolution)",
+    ("ResNet", "conv_cfg"): "convolutions are plain nn.Conv2d",
+    ("ResNetV1d", "conv_cfg"): "convolutions are plain nn.Conv2d",
+    ("MoCoV2Neck", "sync_bn"): "MoCoV2Neck has no normalisation layer",
+}
+#: mmcv ``lr_config`` keys ours read (engine.schedules, kept here so that no torch is imported).
+LR_COMMON_KEYS = ("policy", "by_epoch", "warmup", "warmup_iters", "warmup_ratio", "warmup_by_epoch")
+LR_POLICY_KEYS = {
+    "cosineannealing": ("min_lr", "min_lr_ratio"), "cosine": ("min_lr", "min_lr_ratio"),
+    "step": ("step", "gamma", "min_lr"), "fixed": (), "constant": (), "poly": ("power", "min_lr"), "exp": ("gamma",),
+}
+#: Top-level keys of old configs that have no selfsup equivalent.
+DROPPED_TOP = {
+    "dist_params": "torchrun and the environment choose the process-group backend",
+    "log_level": "the log level is not configurable",
+    "load_from": "whole-model weights are not loaded by a config key; give the backbone's weights as "
+                 "init_cfg = {type = \"Pretrained\", checkpoint = ...} or continue a run with --resume",
+    "resume_from": "continue a run with 'selfsup-run NEW.toml --resume CKPT'",
+    "auto_resume": "continue a run with 'selfsup-run NEW.toml --resume'",
+    "workflow": "only training epochs are run",
+    "opencv_num_threads": "set by the trainer",
+    "mp_start_method": "set by the trainer",
+    "train_cfg": "not used",
+    "test_cfg": "not used",
+    "evaluation": "online evaluation is configured in the [evaluation] table (see README, Evaluation)",
+    "custom_imports": "components come from installed plugins (entry points), not from imports",
+    "prefetch": OBSOLETE_ARGS["prefetch"],
+    "gpu_ids": "the devices are chosen by torchrun / --device",
+    "device": "the device is chosen at run time (--device)",
+    "gpus": "the devices are chosen by torchrun / --device",
+}
+HELPER_REASON = "not a setting (a variable of the Python config; its value is used where the config refers to it)"
+#: Output order of the top-level tables.
+ORDER = ("seed", "deterministic", "work_dir", "model", "data", "optimizer", "optimizer_config", "lr_config", "runner",
+         "checkpoint_config", "log_config", "hooks")
+#: Keys whose typed tables are components of a kind (beyond build.KEY_KINDS).
+EXTRA_KEY_KINDS = {"predictor": "necks", "memory_bank": "memories", "data_source": "data_sources"}
+
+
+class Migration:
+    """Converts one merged old config (plain data) to selfsup TOML data.
+
+    ``cfg``: the merged module namespace of the Python config; ``installed``: a function
+    telling whether a component ``(kind, name)`` is installed. After :meth:`convert`,
+    ``drops`` holds ``(dotted key, why)`` pairs, ``warnings`` and ``notes`` lines.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], installed: Callable[[str | None, str], bool]) -> None:
+        self.cfg = cfg
+        self.installed = installed
+        self.dialect = detect_dialect(cfg)
+        self.out: dict[str, Any] = {}
+        self.drops: list[tuple[str, str]] = []
+        self.warnings: list[str] = []
+        self.notes: list[str] = []
+        self.frozen_layers: Any = _ABSENT
+
+    # reporting ------------------------------------------------------------------------------
+    def drop(self, path: Iterable[Any], why: str) -> None:
+        """Record that the key at ``path`` was not carried over, and why."""
+        self.drops.append((".".join(str(p) for p in path), why))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The output table ``name`` (created empty on first use)."""
+        return self.out.setdefault(name, {})
+
+    # top level ------------------------------------------------------------------------------
+    def convert(self) -> dict[str, Any]:
+        """Convert every top-level key; returns the TOML data in :data:`ORDER`."""
+        handlers: dict[str, Callable[[Any], None]] = {
+            "model": self.model, "data": self.data, "optimizer": self.optimizer,
+            "optimizer_config": self.optimizer_config, "lr_config": self.lr_config, "runner": self.runner,
+            "total_epochs": self.total_epochs, "checkpoint_config": self.checkpoint_config,
+            "log_config": self.log_config, "custom_hooks": self.custom_hooks, "fp16": self.fp16,
+        }
+        runner_keys = {"cudnn_benchmark": "cudnn_benchmark", "find_unused_parameters": "find_unused_parameters"}
+        for key, value in self.cfg.items():
+            if key in handlers:
+                handlers[key](value)
+            elif key in ("seed", "deterministic", "work_dir"):
+                self.keep_top(key, value)
+            elif key in runner_keys:
+                self.section("runner")[runner_keys[key]] = value
+            elif key == "persistent_workers":
+                self.section("data")["persistent_workers"] = value
+            elif key in DROPPED_TOP:
+                self.drop([key], DROPPED_TOP[key])
+            else:
+                self.drop([key], HELPER_REASON)
+        self.place_frozen_layers()
+        data = {key: self.out[key] for key in ORDER if key in self.out and self.out[key] != {}}
+        data.update({k: v for k, v in self.out.items() if k not in data and v != {}})
+        return clean(data, (), self)
+
+    def place_frozen_layers(self) -> None:
+        """MMSelfSup's ``optimizer_config.frozen_layers_cfg`` (SwAV prototypes) -> the SwAV hook's."""
+        if self.frozen_layers is _ABSENT:
+            return
+        swav = [h for h in self.out.get("hooks", []) if h.get("type") in HOOKS["SwAVHook"][0]]
+        if swav:
+            swav[0].setdefault("frozen_layers_cfg", self.frozen_layers)
+            self.note("optimizer_config.frozen_layers_cfg -> the SwAV hook's frozen_layers_cfg")
+        else:
+            self.drop(["optimizer_config", "frozen_layers_cfg"], "only the SwAV hook freezes layers; there is none")
+
+    def keep_top(self, key: str, value: Any) -> None:
+        if value is None:
+            self.drop([key], "None (not set)")
+        else:
+            self.out[key] = value
+
+    # model ----------------------------------------------------------------------------------
+    def model(self, table: Any) -> None:
+        """``model = dict(type=..., pretrained=..., backbone=..., ...)`` -> ``[model]``."""
+        if not isinstance(table, dict):
+            self.out["model"] = table
+            return
+        table = dict(table)
+        pretrained = table.pop("pretrained", None) if "pretrained" in table else _ABSENT
+        model = self.component(table, "algorithms", ("model",))
+        if pretrained is None:
+            self.drop(["model", "pretrained"], "None: no pretrained weights (the default)")
+        elif pretrained is not _ABSENT:
+            backbone = model.get("backbone")
+            if isinstance(backbone, dict):
+                backbone["init_cfg"] = {"type": "Pretrained", "checkpoint": pretrained}
+                self.note(f"model.pretrained {pretrained!r} -> model.backbone.init_cfg (Pretrained)")
+            else:
+                self.drop(["model", "pretrained"], "the model has no backbone table to take init_cfg")
+        self.out["model"] = model
+
+    # components -----------------------------------------------------------------------------
+    def component(self, table: dict[str, Any], kind: str | None, path: tuple[Any, ...]) -> dict[str, Any]:
+        """Convert one typed table of ``kind`` (None: any kind) found at ``path``."""
+        special = {"necks": self.neck, "datasets": self.dataset, "data_sources": self.data_source,
+                   "hooks": self.hook}
+        if kind in special:
+            return special[kind](table, path)
+        return self.generic(table, kind, path)
+
+    def generic(self, table: Mapping[str, Any], kind: str | None, path: tuple[Any, ...]) -> dict[str, Any]:
+        """Rename the type, drop obsolete arguments and convert the nested components."""
+        old = table.get("type")
+        new = RENAMES.get(kind or "", {}).get(old, old) if isinstance(old, str) else old
+        result: dict[str, Any] = {"type": new} if "type" in table else {}
+        for key, value in table.items():
+            if key == "type":
+                continue
+            reason = OBSOLETE_TYPE_ARGS.get((new, key)) or OBSOLETE_ARGS.get(key)
+            if reason:
+                self.drop([*path, key], reason)
+                continue
+            result[key] = self.child(key, value, (*path, key))
+        if isinstance(new, str):
+            self.check_installed(kind, new, path)
+        return result
+
+    def child(self, key: Any, value: Any, path: tuple[Any, ...]) -> Any:
+        """Convert an argument value: typed tables and pipelines become ours, ``*_cfg`` stay."""
+        if isinstance(key, str) and key.endswith("_cfg"):
+            return value
+        kind = key_kind(key)
+        if isinstance(value, dict) and "type" in value:
+            return self.component(value, kind, path)
+        if kind == "transforms" and isinstance(value, (list, tuple)):
+            if value and all(isinstance(v, (list, tuple)) for v in value):
+                return [self.pipeline(v, (*path, i)) for i, v in enumerate(value)]
+            return self.pipeline(value, path)
+        if isinstance(value, (list, tuple)) and any(isinstance(v, dict) and "type" in v for v in value):
+            return [self.component(v, kind, (*path, i)) if isinstance(v, dict) and "type" in v else v
+                    for i, v in enumerate(value)]
+        return value
+
+    def check_installed(self, kind: str | None, name: str, path: tuple[Any, ...]) -> None:
+        if not self.installed(kind, name):
+            where = ".".join(str(p) for p in path)
+            self.warnings.append(f"{where}: no selfsup component {name!r} is installed; kept as written")
+
+    def neck(self, table: Mapping[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+        """OpenSelfSup necks -> ours, with the flags that give the same layers."""
+        table = dict(table)
+        old = table.get("type")
+        sync_bn = table.pop("sync_bn", _ABSENT)
+        norm = {"type": "SyncBN"} if sync_bn is True else {"type": "BN"}
+        if old == "NonLinearNeckV0":
+            table.setdefault("norm_cfg", norm)
+        elif old == "NonLinearNeckV2":
+            table.update(num_layers=2, with_bias=True, with_last_bn=False, with_last_bias=True)
+            table.setdefault("norm_cfg", norm)
+        elif old == "NonLinearNeckSimCLR":
+            table.setdefault("num_layers", 2)
+            table.update(with_bias=False, with_last_bn=True, with_last_bn_affine=True, with_last_bias=False)
+            table.setdefault("norm_cfg", {"type": "BN"} if sync_bn is False else {"type": "SyncBN"})
+        elif sync_bn is not _ABSENT:
+            if sync_bn and "norm_cfg" not in table and old != "NonLinearNeckV1":
+                table["norm_cfg"] = {"type": "SyncBN"}
+            elif old == "NonLinearNeckV1":
+                self.drop([*path, "sync_bn"], OBSOLETE_TYPE_ARGS[("MoCoV2Neck", "sync_bn")])
+            elif not sync_bn and "norm_cfg" not in table:
+                table["norm_cfg"] = {"type": "BN"}
+        return self.generic(table, "necks", path)
+
+    def dataset(self, table: Mapping[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+        """OpenSelfSup / MMSelfSup datasets -> ours (ContrastiveDataset and BYOLDataset become
+        MultiViewDataset with ``num_views`` and ``pipelines``)."""
+        table = dict(table)
+        old = table.get("type")
+        if old == "ContrastiveDataset" and "pipeline" in table:
+            table["num_views"] = [2]
+            table["pipelines"] = [table.pop("pipeline")]
+        elif old == "BYOLDataset" and "pipeline1" in table and "pipeline2" in table:
+            table["num_views"] = [1, 1]
+            table["pipelines"] = [table.pop("pipeline1"), table.pop("pipeline2")]
+        if "num_views" in table and "pipelines" in table:
+            table = {"type": table.pop("type"), "num_views": table.pop("num_views"), **table}
+        return self.generic(table, "datasets", path)
+
+    def data_source(self, table: Mapping[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+        """Data sources: ImageNet/ImageList with a list file -> ImageList, without -> ImageFolder;
+        CIFAR with ``root``/``split``."""
+        table = dict(table)
+        old = table.get("type")
+        root = table.pop("root", None) if "root" in table else table.pop("data_prefix", None)
+        if "root" in table or "data_prefix" in table:
+            extra = "data_prefix" if "data_prefix" in table else "root"
+            self.drop([*path, extra], "both root and data_prefix are given; root is used")
+            table.pop(extra)
+        listing = table.pop("list_file", None) or table.pop("ann_file", None)
+        test_mode = table.pop("test_mode", None)
+        new: dict[str, Any]
+        if old in ("ImageNet", "ImageList", "Places205", "ImageNet21k", "ImageFolder"):
+            if listing:
+                new = {"type": "ImageList", "ann_file": listing}
+                if root is not None:
+                    new["root"] = root
+            else:
+                new = {"type": "ImageFolder", "root": root}
+        elif old in ("Cifar10", "CIFAR10", "Cifar100", "CIFAR100"):
+            new = {"type": RENAMES["data_sources"].get(old, old), "root": root}
+            if test_mode is not None:
+                table.setdefault("split", "test" if test_mode else "train")
+            test_mode = None
+            if listing:
+                self.drop([*path, "ann_file"], "CIFAR sources read the official python batches")
+        else:
+            new = {"type": old}
+            if root is not None:
+                new["root"] = root
+            if listing:
+                new["ann_file"] = listing
+        if test_mode is not None:
+            self.drop([*path, "test_mode"], "the split is chosen by the data source's own arguments")
+        for key, value in table.items():
+            if key != "type":
+                new[key] = value
+        return self.generic(new, "data_sources", path)
+
+    def pipeline(self, steps: Iterable[Any], path: tuple[Any, ...]) -> list[Any]:
+        """A list of transforms (``ToTensor`` becomes two steps)."""
+        result: list[Any] = []
+        for i, step in enumerate(steps):
+            if isinstance(step, dict) and "type" in step:
+                result.extend(self.transform(step, (*path, i)))
+            else:
+                result.append(step)
+        return result
+
+    def transform(self, table: Mapping[str, Any], path: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """One transform -> ours (one or more tables)."""
+        table = dict(table)
+        old = table.get("type")
+        if old == "ToTensor":
+            for key in table:
+                if key != "type":
+                    self.drop([*path, key], "ToTensor takes no arguments")
+            return [{"type": "ToImage"}, {"type": "ToDtype", "dtype": "float32", "scale": True}]
+        if old in ("GaussianBlur", "Solarization") and "p" not in table and self.dialect == OPENSELFSUP:
+            table["p"] = 1.0
+            self.note(f"{'.'.join(map(str, path))}: {old} p = 1.0 (OpenSelfSup's always applied; "
+                      "RandomAppliedTrans gives the probability)")
+        return [self.generic(table, "transforms", path)]
+
+    def hook(self, table: Mapping[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+        """A custom hook -> our trainer hook (our name and arguments only)."""
+        old = table.get("type")
+        spec = HOOKS.get(old) if isinstance(old, str) else None
+        if spec is None:
+            return self.generic(table, "hooks", path)
+        candidates, accepted = spec
+        name = next((c for c in candidates if self.installed("hooks", c)), candidates[0])
+        result: dict[str, Any] = {"type": name}
+        for key, value in table.items():
+            if key == "type":
+                continue
+            if key in accepted:
+                result[key] = self.hook_argument(name, key, value, (*path, key))
+            else:
+                self.drop([*path, key], OBSOLETE_ARGS.get(key) or f"not an argument of {name}")
+        self.check_installed("hooks", name, path)
+        return result
+
+    def hook_argument(self, hook: str, key: str, value: Any, path: tuple[Any, ...]) -> Any:
+        """DeepClusterHook's ``extractor``/``clustering`` tables keep only the keys ours read."""
+        if key not in ("extractor", "clustering") or not isinstance(value, dict):
+            return self.child(key, value, path)
+        keys = EXTRACTOR_KEYS if key == "extractor" else CLUSTERING_KEYS
+        result = {}
+        for sub, item in value.items():
+            if sub in keys:
+                result[sub] = self.child(sub, item, (*path, sub))
+            elif key == "clustering" and sub == "type":
+                self.drop([*path, sub], f"{hook} always runs k-means (Kmeans)")
+            else:
+                self.drop([*path, sub], OBSOLETE_ARGS.get(sub) or f"{hook} {key} takes {', '.join(keys)}")
+        return result
+
+    # data -----------------------------------------------------------------------------------
+    def data(self, table: Any) -> None:
+        """``data = dict(imgs_per_gpu=..., workers_per_gpu=..., train=dict(...))`` -> ``[data]``."""
+        out = self.section("data")
+        if not isinstance(table, dict):
+            self.out["data"] = table
+            return
+        known = ("samples_per_gpu", "workers_per_gpu", "drop_last", "pin_memory", "persistent_workers",
+                 "prefetch_factor")
+        for key, value in table.items():
+            if key == "imgs_per_gpu":
+                out["samples_per_gpu"] = value
+            elif key in known:
+                out[key] = value
+            elif key in ("train", "val", "test") and isinstance(value, dict):
+                out[key] = self.component(value, "datasets", ("data", key))
+            else:
+                self.drop(["data", key], OBSOLETE_ARGS.get(key) or "not a [data] setting")
+
+    # optimisation -----------------------------------------------------------------------------
+    def optimizer(self, table: Any) -> None:
+        """``optimizer`` carries over (``paramwise_options`` included); mmcv's constructor keys drop."""
+        if not isinstance(table, dict):
+            self.out["optimizer"] = table
+            return
+        out = self.section("optimizer")
+        for key, value in table.items():
+            if key == "constructor":
+                self.drop(["optimizer", key], "one optimizer builder; see paramwise_options")
+            elif key == "paramwise_cfg":
+                self.drop(["optimizer", key], "mmcv's paramwise_cfg is not read; write paramwise_options "
+                                              "(regex -> options) or exclude_bias_and_norm = true")
+            else:
+                out[key] = value
+
+    def optimizer_config(self, table: Any) -> None:
+        """``update_interval``/``cumulative_iters`` -> ``accumulate_steps``; ``grad_clip``;
+        ``use_fp16`` -> ``runner.precision``; the rest drops."""
+        if not isinstance(table, dict):
+            return self.drop(["optimizer_config"], "must be a dict")
+        out = self.section("optimizer_config")
+        for key, value in table.items():
+            path = ["optimizer_config", key]
+            if key in ("update_interval", "cumulative_iters"):
+                out["accumulate_steps"] = value
+            elif key == "grad_clip":
+                self.grad_clip(value, out)
+            elif key == "frozen_layers_cfg":
+                self.frozen_layers = value
+            elif key == "use_fp16":
+                if value:
+                    self.section("runner")["precision"] = "fp16"
+                else:
+                    self.drop(path, "False: the default precision applies")
+            elif key == "type":
+                self.drop(path, "the trainer owns the optimizer step (accumulation, clipping, fp16)")
+            else:
+                self.drop(path, "no such option (coalescing and buckets are DDP's own)"
+                          if key in ("coalesce", "bucket_size_mb") else "not an optimizer_config setting")
+
+    def grad_clip(self, value: Any, out: dict[str, Any]) -> None:
+        if value is None:
+            self.drop(["optimizer_config", "grad_clip"], "None: no clipping (the default)")
+            return
+        if not isinstance(value, dict):
+            out["grad_clip"] = value
+            return
+        clip = {}
+        for key, item in value.items():
+            if key in ("max_norm", "norm_type"):
+                clip[key] = item
+            else:
+                self.drop(["optimizer_config", "grad_clip", key], "grad_clip takes max_norm and norm_type")
+        out["grad_clip"] = clip
+
+    def lr_config(self, table: Any) -> None:
+        """``lr_config`` keeps the keys its policy reads; an unknown policy is kept with a warning."""
+        if not isinstance(table, dict):
+            self.out["lr_config"] = table
+            return
+        table = dict(table)
+        policy = str(table.get("policy", "")).lower()
+        if policy == "stepfixcosineannealing":
+            table["policy"], policy = "CosineAnnealing", "cosineannealing"
+            self.note("lr_config.policy StepFixCosineAnnealing -> CosineAnnealing (warmup counts iterations "
+                      "either way)")
+        if policy not in LR_POLICY_KEYS:
+            self.warnings.append(f"lr_config.policy: {table.get('policy')!r} is not a selfsup lr policy "
+                                 "(CosineAnnealing, step, Fixed, Poly, Exp); kept as written")
+            self.out["lr_config"] = dict(table)
+            return
+        accepted = (*LR_COMMON_KEYS, *LR_POLICY_KEYS[policy])
+        out = self.section("lr_config")
+        for key, value in table.items():
+            if key in accepted:
+                out[key] = value
+            else:
+                self.drop(["lr_config", key], f"not read by the {table['policy']!r} policy")
+
+    # runtime --------------------------------------------------------------------------------
+    def runner(self, table: Any) -> None:
+        """``runner = dict(type='EpochBasedRunner', max_epochs=N)`` -> ``[runner]``."""
+        if not isinstance(table, dict):
+            return self.drop(["runner"], "must be a dict")
+        out = self.section("runner")
+        for key, value in table.items():
+            if key == "max_epochs":
+                out["max_epochs"] = value
+            elif key == "type" and value == "EpochBasedRunner":
+                out["type"] = value
+            elif key == "type" or key == "max_iters":
+                self.drop(["runner", key], "training is epoch based; set [runner] max_epochs")
+                self.warnings.append(f"runner.{key} = {value!r}: only epoch-based training exists; "
+                                     "set [runner] max_epochs")
+            else:
+                self.drop(["runner", key], "not a [runner] setting")
+
+    def total_epochs(self, value: Any) -> None:
+        runner = self.cfg.get("runner")
+        if isinstance(runner, dict) and "max_epochs" in runner:
+            self.drop(["total_epochs"], "runner.max_epochs is given too and wins")
+        else:
+            self.section("runner")["max_epochs"] = value
+
+    def fp16(self, table: Any) -> None:
+        """``fp16 = dict(loss_scale=...)`` -> ``runner.precision = "fp16"``."""
+        if table is None:
+            return self.drop(["fp16"], "None (not set)")
+        self.section("runner")["precision"] = "fp16"
+        if isinstance(table, dict):
+            for key in table:
+                self.drop(["fp16", key], "the gradient scaler scales the loss dynamically")
+
+    def checkpoint_config(self, table: Any) -> None:
+        if not isinstance(table, dict):
+            return self.drop(["checkpoint_config"], "must be a dict")
+        out = self.section("checkpoint_config")
+        for key, value in table.items():
+            if key in ("interval", "max_keep_ckpts"):
+                out[key] = value
+            else:
+                self.drop(["checkpoint_config", key], "checkpoints are saved every interval epochs with the full "
+                          "training state, in the work dir" if key != "by_epoch" else "checkpoints are per epoch")
+
+    def log_config(self, table: Any) -> None:
+        """``interval`` carries over; TensorboardLoggerHook -> ``tensorboard = true``."""
+        if not isinstance(table, dict):
+            return self.drop(["log_config"], "must be a dict")
+        out = self.section("log_config")
+        for key, value in table.items():
+            if key == "interval":
+                out["interval"] = value
+            elif key == "hooks" and isinstance(value, (list, tuple)):
+                self.logger_hooks(value, out)
+            else:
+                self.drop(["log_config", key], "not a [log_config] setting")
+
+    def logger_hooks(self, hooks: Iterable[Any], out: dict[str, Any]) -> None:
+        for i, hook in enumerate(hooks):
+            name = hook.get("type") if isinstance(hook, dict) else hook
+            if name == "TensorboardLoggerHook":
+                out["tensorboard"] = True
+            else:
+                why = ("the trainer always shows progress and writes metrics.jsonl" if name == "TextLoggerHook"
+                       else "no such logger; loggers are plugins in the selfsup.plugins group")
+                self.drop(["log_config", "hooks", i], f"{name}: {why}")
+
+    def custom_hooks(self, hooks: Any) -> None:
+        """``custom_hooks = [dict(type=...), ...]`` -> ``[[hooks]]``."""
+        if not isinstance(hooks, (list, tuple)):
+            return self.drop(["custom_hooks"], "must be a list of dicts")
+        out = self.out.setdefault("hooks", [])
+        for i, hook in enumerate(hooks):
+            name = hook.get("type") if isinstance(hook, dict) else None
+            if name in DROPPED_HOOKS:
+                self.drop(["custom_hooks", i], f"{name}: {DROPPED_HOOKS[name]}")
+            elif isinstance(hook, dict):
+                out.append(self.hook(hook, ("custom_hooks", i)))
+            else:
+                self.drop(["custom_hooks", i], "not a dict with a type")
+        if not out:
+            del self.out["hooks"]
+
+
+_ABSENT: Any = object()
+
+
+def key_kind(key: Any) -> str | None:
+    """The component kind a typed table under ``key`` has (build's rule, plus old keys)."""
+    from ..build import kind_for_key
+
+    if key in EXTRA_KEY_KINDS:
+        return EXTRA_KEY_KINDS[key]
+    return kind_for_key(key)
+
+
+def detect_dialect(cfg: Mapping[str, Any]) -> str:
+    """``OpenSelfSup`` when the config uses its vocabulary (``total_epochs``, old dataset,
+    neck or algorithm names, ``list_file``), else ``MMSelfSup 0.x``."""
+    if "total_epochs" in cfg:
+        return OPENSELFSUP
+    old_names = {"MOCO", "ContrastiveDataset", "BYOLDataset", "NPIDDataset", "ExtractDataset",
+                 "ClassificationDataset", "NonLinearNeckV0", "NonLinearNeckV1", "NonLinearNeckV2",
+                 "NonLinearNeckSimCLR", "BYOLHook"}
+    found: list[bool] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            if value.get("type") in old_names or "list_file" in value:
+                found.append(True)
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+
+    walk({k: cfg[k] for k in ("model", "data", "custom_hooks") if k in cfg})
+    return OPENSELFSUP if found else MMSELFSUP
+
+
+def clean(value: Any, path: tuple[Any, ...], migration: Migration) -> Any:
+    """``value`` as TOML data: tuples and sets become lists, ``None`` values are dropped (and
+    reported), dict keys become strings."""
+    if isinstance(value, dict):
+        result = {}
+        for key, item in value.items():
+            if item is None:
+                migration.drop([*path, key], "None cannot be written in TOML; the default applies")
+                continue
+            result[str(key)] = clean(item, (*path, key), migration)
+        return result
+    if isinstance(value, (list, tuple)):
+        items = [clean(item, (*path, i), migration) for i, item in enumerate(value)]
+        if any(item is None for item in items):
+            raise ConfigError("a list holds None, which TOML cannot write", key=".".join(map(str, path)))
+        return items
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=repr)
+    return value
+
+
+def installed_components() -> Callable[[str | None, str], bool]:
+    """``installed(kind, name)``: whether a component is installed (metadata only, no import)."""
+    from .. import registry as _registry
+
+    registries = _registry.current()
+
+    def installed(kind: str | None, name: str) -> bool:
+        if ":" in name:
+            return True  # a qualified or dotted-path type: resolved at build time
+        kinds = [kind] if kind else list(_registry.KINDS)
+        return any(name in registries[k] for k in kinds)
+
+    return installed
+
+
+# -- output ------------------------------------------------------------------------------------------
+def render(data: dict[str, Any], migration: Migration, files: list[str], command: str) -> str:
+    """The TOML text: a comment header (source, bases, command), the data, the dropped keys."""
+    source, bases = files[0], files[1:]
+    header = [f"# Migrated from {source} ({migration.dialect} Python config) by:", f"#   {command}"]
+    if bases:
+        header.append("# _base_ files read (in order): " + ", ".join(bases))
+    header.append("# The Python file was parsed, not run. Review the dropped keys at the end.")
+    lines = [*header, "", dump_toml(data).rstrip("\n"), ""]
+    if migration.drops:
+        lines += ["# Dropped keys (not carried over):"]
+        lines += [f"#   dropped {key}: {why}" for key, why in migration.drops]
+    if migration.warnings:
+        lines += ["# Warnings:"] + [f"#   {w}" for w in migration.warnings]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def report_lines(migration: Migration) -> list[str]:
+    """The stderr report: ``dropped KEY: WHY``, ``warning: ...`` and ``note: ...`` lines."""
+    return ([f"dropped {key}: {why}" for key, why in migration.drops]
+            + [f"warning: {w}" for w in migration.warnings] + [f"note: {n}" for n in migration.notes])
+
+
+def migrate_file(path: str | os.PathLike[str], command: str,
+                 installed: Callable[[str | None, str], bool] | None = None) -> tuple[str, Migration]:
+    """Parse and convert one Python config; returns ``(TOML text, the Migration with its report)``."""
+    loaded = load_python_config(path)
+    migration = Migration(loaded.data, installed or installed_components())
+    data = migration.convert()
+    return render(data, migration, loaded.files, command), migration
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command as the user gave it (for the header)."""
+    parts = ["selfsup-run", "migrate", str(args.old_config)]
+    if getattr(args, "out", None):
+        parts += ["-o", str(args.out)]
+    parts += [flag for flag, on in (("--force", getattr(args, "force", False)),
+                                    ("--check", getattr(args, "check", False))) if on]
+    return " ".join(parts)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    folder = path.parent if str(path.parent) else Path(".")
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def check(path: Path, to_stderr: bool) -> int:
+    """Run ``selfsup-run PATH --check`` in this process; returns its exit status."""
+    from ..cli import main as cli_main
+
+    target = sys.stderr if to_stderr else sys.stdout
+    with contextlib.redirect_stdout(target):
+        return cli_main([str(path), "--check"])
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``migrate`` command: ``args.old_config``, ``args.out`` (None: print the TOML),
+    ``args.force`` and ``args.check``. Returns the exit status; user errors raise ConfigError."""
+    source = Path(args.old_config)
+    out = Path(args.out) if getattr(args, "out", None) else None
+    if out is not None and out.exists() and not getattr(args, "force", False):
+        raise ConfigError(f"{display_path(out)} exists; pass --force to overwrite it")
+    if not source.is_file():
+        raise ConfigError(f"config file not found ({os.path.abspath(source)})", file=display_path(source))
+    text, migration = migrate_file(source, command_line(args))
+    for line in report_lines(migration):
+        print(line, file=sys.stderr)
+    if out is not None:
+        if out.is_dir():
+            raise ConfigError(f"{display_path(out)} is a directory; give a .toml file name")
+        write_atomically(out, text)
+        print(f"wrote {display_path(out)}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    if not getattr(args, "check", False):
+        return 0
+    if out is not None:
+        return check(out, to_stderr=False)
+    with tempfile.TemporaryDirectory() as folder:
+        temp = Path(folder) / f"{source.stem}.toml"
+        temp.write_text(text, encoding="utf-8")
+        return check(temp, to_stderr=True)
+
+
+__all__ = ["Migration", "RENAMES", "detect_dialect", "migrate_file", "run"]
