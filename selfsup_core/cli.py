@@ -120,7 +120,7 @@ def _add_tool_parsers(commands: Any) -> None:
     export = commands.add_parser(
         "export", help="write the backbone weights of a training checkpoint (online encoder) for downstream code"
     )
-    export.add_argument("checkpoint", metavar="CKPT", help="a training checkpoint (ours, MMSelfSup or OpenSelfSup)")
+    export.add_argument("checkpoint", metavar="CKPT", help="a training checkpoint (ours, MMSelfSup or OpenSelfSup) or a work dir (its latest)")
     export.add_argument("out", metavar="OUT", help="the weights file to write (.pth or .safetensors)")
     export.add_argument("--format", choices=("pth", "safetensors"),
                         help="file format (default: from OUT's suffix, else pth)")

@@ -118,10 +118,11 @@ def test_export_writes_the_online_backbone_that_torchvision_loads_strictly(tmp_p
 
 def test_export_reports_as_json_and_finds_openselfsup_prefixes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     online, momentum = _resnet("resnet18", 0), _resnet("resnet18", 1)
-    ckpt = _training_checkpoint(tmp_path / "byol.pth", online, momentum, "online_net.0.", "target_net.0.")
-    status, out_text, err_text = _cli(capsys, "export", ckpt, tmp_path / "b.pth", "--json")
+    _training_checkpoint(tmp_path / "epoch_3.pth", online, momentum, "online_net.0.", "target_net.0.")
+    status, out_text, err_text = _cli(capsys, "export", tmp_path, tmp_path / "b.pth", "--json")  # the work dir
     assert status == 0, err_text
     report = json.loads(out_text)
+    assert report["checkpoint"] == str(tmp_path / "epoch_3.pth")
     assert report["prefix"] == "online_net.0." and report["kept"] == 120 and report["epoch"] == 3
     assert report["parameters"] == sum(p.numel() for n, p in online.named_parameters() if not n.startswith("fc."))
     assert {d["keys"]: d["reason"] for d in report["dropped"]}["target_net.*"] == "momentum (target) network copy"

@@ -51,7 +51,8 @@ def export_backbone(
     prefix: str | None = None,
     force: bool = False,
 ) -> dict[str, Any]:
-    """Write the backbone of ``checkpoint`` to ``out``; returns the report (a JSON-able dict).
+    """Write the backbone of ``checkpoint`` (a file, or a work dir: its latest checkpoint) to
+    ``out``; returns the report (a JSON-able dict).
 
     ``to``: ``raw`` (the backbone's own key names), ``torchvision`` (ResNets and ViTs; checked
     against torchvision's models, the classifier ``fc`` is left out, ViT keys renamed) or ``timm`` (ResNets
@@ -60,6 +61,13 @@ def export_backbone(
     the first present; a file with none of them is taken as a bare backbone).
     """
     checkpoint, out = Path(checkpoint), Path(out)
+    if checkpoint.is_dir():
+        from ..engine.checkpoint import find_latest
+
+        found = find_latest(checkpoint)
+        if found is None:
+            raise WeightsError(f"{checkpoint}: a folder without latest.pth or epoch_*.pth; give a checkpoint file")
+        checkpoint = found
     fmt = W.output_format(out, fmt)
     W.check_writable(out, [checkpoint], force)
     state, meta = W.read_state_dict(checkpoint)
