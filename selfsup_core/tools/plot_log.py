@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import secrets
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 import attrs
 
 from ..errors import SelfSupError, describe_exception
+from ..fileio import atomic_write
 
 METRICS_FILE = "metrics.jsonl"  # engine.logger.METRICS_FILE, repeated to keep torch out
 DEFAULT_OUT = "curves.png"
@@ -241,17 +240,8 @@ def draw(panels: list[Panel], marks: list[float], title: str) -> Any:
 
 
 def save_atomic(figure: Any, out: Path) -> None:
-    """Write the PNG to a temporary file beside ``out``, then rename it over ``out`` (the
-    temporary file is created new, with the umask's permissions, and removed on failure)."""
-    temp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
-    handle = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format="png", dpi=110)
-        os.replace(temp, out)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    """Write the PNG to a temporary file beside ``out``, then rename it over ``out``."""
+    atomic_write(out, lambda stream: figure.savefig(stream, format="png", dpi=110), durable=False)
 
 
 def check_out(out: Path) -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from ..errors import SelfSupError
+from ..fileio import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -75,21 +75,13 @@ def save_file(
         offset += len(raw)
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * (-len(encoded) % 8)  # the reference writer aligns the buffer to 8 bytes
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(struct.pack("<Q", len(encoded)))
-            handle.write(encoded)
-            for raw in blobs:
-                handle.write(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def write(handle: IO[bytes]) -> None:
+        handle.write(struct.pack("<Q", len(encoded)))
+        handle.write(encoded)
+        for raw in blobs:
+            handle.write(raw)
+
+    atomic_write(path, write)
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -21,9 +21,10 @@ import argparse
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
+
+from selfsup_core.fileio import atomic_write_text
 
 try:
     import tomllib
@@ -80,17 +81,7 @@ def _write_text_atomically(path: str, text: str, force: bool) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ConvertError(f"output folder {folder!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".txt")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 # -- export -------------------------------------------------------------------------------------------

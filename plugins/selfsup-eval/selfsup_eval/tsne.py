@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ import torch
 from selfsup_core.engine import dist
 from selfsup_core.engine.evaluation import SPLITS, EvalContext
 from selfsup_core.errors import SelfSupError
+from selfsup_core.fileio import atomic_write
 
 from .features import FEATURES, POOLS, check_choice, extract, require_labels
 
@@ -231,17 +231,9 @@ class TSNE:
 
 
 def _write_png(canvas_class: Any, figure: Any, path: Path, dpi: int) -> None:
-    """Render ``figure`` to ``path`` atomically: a temporary file beside it, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Render ``figure`` to ``path`` atomically (:func:`selfsup_core.fileio.atomic_write`)."""
     canvas = canvas_class(figure)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as stream:
-            canvas.print_png(stream)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    atomic_write(path, canvas.print_png, durable=False)
 
 
 __all__ = ["TSNE", "class_names", "effective_perplexity", "iterations_keyword", "load_backends", "subsample"]

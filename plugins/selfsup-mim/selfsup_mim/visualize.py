@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from selfsup_core.fileio import atomic_write
 
 __all__ = ["main", "reconstruct_rows", "render", "save_grid"]
 
@@ -110,17 +110,7 @@ def save_grid(rows: Sequence[torch.Tensor], out: str | os.PathLike[str], scale: 
     else:
         image = Image.fromarray(array.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(out, lambda handle: image.save(handle, format="PNG"), durable=False)
     return out
 
 
