@@ -200,32 +200,42 @@ def timm_vit_differences(state: Mapping[str, torch.Tensor]) -> list[str]:
     return [k for k in state if k == "mask_token" or k.startswith(("decoder", "mask_token"))]
 
 
-_TIMM_TO_TV_VIT = (
-    (r"^cls_token$", "class_token"),
-    (r"^pos_embed$", "encoder.pos_embedding"),
-    (r"^patch_embed\.proj\.", "conv_proj."),
-    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.encoder_layer_\1.ln_1."),
-    (r"^blocks\.(\d+)\.attn\.qkv\.weight$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_weight"),
-    (r"^blocks\.(\d+)\.attn\.qkv\.bias$", r"encoder.layers.encoder_layer_\1.self_attention.in_proj_bias"),
-    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.encoder_layer_\1.self_attention.out_proj."),
-    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.encoder_layer_\1.ln_2."),
-    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layers.encoder_layer_\1.mlp.0."),
-    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layers.encoder_layer_\1.mlp.3."),
-    (r"^norm\.", "encoder.ln."),
+#: ViT key names: (timm / selfsup, torchvision); ``{i}`` is a block index, a name ending in
+#: "." a prefix (the rest of the key is kept), any other name a whole key.
+_VIT_NAMES = (
+    ("cls_token", "class_token"),
+    ("pos_embed", "encoder.pos_embedding"),
+    ("patch_embed.proj.", "conv_proj."),
+    ("blocks.{i}.norm1.", "encoder.layers.encoder_layer_{i}.ln_1."),
+    ("blocks.{i}.attn.qkv.weight", "encoder.layers.encoder_layer_{i}.self_attention.in_proj_weight"),
+    ("blocks.{i}.attn.qkv.bias", "encoder.layers.encoder_layer_{i}.self_attention.in_proj_bias"),
+    ("blocks.{i}.attn.proj.", "encoder.layers.encoder_layer_{i}.self_attention.out_proj."),
+    ("blocks.{i}.norm2.", "encoder.layers.encoder_layer_{i}.ln_2."),
+    ("blocks.{i}.mlp.fc1.", "encoder.layers.encoder_layer_{i}.mlp.0."),
+    ("blocks.{i}.mlp.fc2.", "encoder.layers.encoder_layer_{i}.mlp.3."),
+    ("norm.", "encoder.ln."),
 )
-_TV_TO_TIMM_VIT = (
-    (r"^class_token$", "cls_token"),
-    (r"^encoder\.pos_embedding$", "pos_embed"),
-    (r"^conv_proj\.", "patch_embed.proj."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_1\.", r"blocks.\1.norm1."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_weight$", r"blocks.\1.attn.qkv.weight"),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_bias$", r"blocks.\1.attn.qkv.bias"),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.out_proj\.", r"blocks.\1.attn.proj."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_2\.", r"blocks.\1.norm2."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:0|linear_1)\.", r"blocks.\1.mlp.fc1."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.(?:3|linear_2)\.", r"blocks.\1.mlp.fc2."),
-    (r"^encoder\.ln\.", "norm."),
+#: Older torchvision releases named the MLP layers ``linear_1`` / ``linear_2``.
+_OLD_TORCHVISION_VIT_NAMES = (
+    ("blocks.{i}.mlp.fc1.", "encoder.layers.encoder_layer_{i}.mlp.linear_1."),
+    ("blocks.{i}.mlp.fc2.", "encoder.layers.encoder_layer_{i}.mlp.linear_2."),
 )
+
+
+def _rules(pairs: tuple[tuple[str, str], ...], reverse: bool = False) -> tuple[tuple[str, str], ...]:
+    """``(regex, replacement)`` rules mapping the first name of each pair to the second
+    (or the second to the first with ``reverse``)."""
+    rules = []
+    for source, target in pairs:
+        if reverse:
+            source, target = target, source
+        pattern = "^" + re.escape(source).replace(re.escape("{i}"), r"(\d+)") + ("" if source.endswith(".") else "$")
+        rules.append((pattern, target.replace("{i}", r"\1")))
+    return tuple(rules)
+
+
+_TIMM_TO_TV_VIT = _rules(_VIT_NAMES)
+_TV_TO_TIMM_VIT = _rules(_VIT_NAMES + _OLD_TORCHVISION_VIT_NAMES, reverse=True)
 
 
 def _rename(state: Mapping[str, torch.Tensor], rules: tuple[tuple[str, str], ...]) -> tuple[StateDict, list[str]]:
