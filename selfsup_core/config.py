@@ -119,15 +119,21 @@ def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> 
     return config
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse one TOML file; a syntax error names the file, line, column and line text."""
-    shown = display_path(path)
+def read_config_text(path: Path, shown: str) -> str:
+    """The UTF-8 text of a config file; a missing or unreadable file is a
+    :class:`ConfigError` naming it as ``shown``."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found ({os.path.abspath(path)})", file=shown) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file: {describe_exception(exc)}", file=shown) from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse one TOML file; a syntax error names the file, line, column and line text."""
+    shown = display_path(path)
+    text = read_config_text(path, shown)
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

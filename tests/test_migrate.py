@@ -534,6 +534,107 @@ def test_mmselfsup_hooks_and_schedules(tmp_path, capsys):
     assert drops["custom_hooks.2.extractor.img_norm_cfg"].startswith("DeepClusterHook extractor takes dataset, pipeline")
 
 
+# -- constructs found in the real MMSelfSup 0.x / OpenSelfSup configs --------------------------------
+def test_openselfsup_simclr_neck_flags_pre_conv_and_momentum_interval(tmp_path, capsys):
+    """OpenSelfSup's BYOL config (r50_bs256_accmulate16_ep300.py): a NonLinearNeckSimCLR with
+    with_bias / with_last_bn given, BYOL(pre_conv=...), BYOLHook(update_interval=16) with
+    optimizer_config.update_interval = 16."""
+    source = write(tmp_path / "byol.py", """
+        update_interval = 16
+        model = dict(
+            type='BYOL', pretrained=None, base_momentum=0.99, pre_conv=True,
+            backbone=dict(type='ResNet', depth=18, in_channels=3, out_indices=[4]),
+            neck=dict(type='NonLinearNeckSimCLR', in_channels=512, hid_channels=64, out_channels=32, num_layers=2,
+                      sync_bn=False, with_bias=True, with_last_bn=False, with_avg_pool=True),
+            head=dict(type='LatentPredictHead',
+                      predictor=dict(type='NonLinearNeckSimCLR', in_channels=32, hid_channels=64, out_channels=32,
+                                     num_layers=2, sync_bn=False, with_avg_pool=False)))
+        custom_hooks = [dict(type='BYOLHook', end_momentum=1., update_interval=update_interval)]
+        use_fp16 = False
+        optimizer_config = dict(update_interval=update_interval, use_fp16=use_fp16)
+        total_epochs = 1
+    """)
+    data, _, stderr = migrate(capsys, source, tmp_path / "byol.toml")
+    bn = {"type": "BN"}
+    assert data["model"]["neck"] == {
+        "type": "NonLinearNeck", "in_channels": 512, "hid_channels": 64, "out_channels": 32, "num_layers": 2,
+        "with_bias": True, "with_last_bn": False, "with_avg_pool": True, "with_last_bn_affine": True,
+        "with_last_bias": True, "norm_cfg": bn}
+    assert data["model"]["head"]["predictor"] == {
+        "type": "NonLinearNeck", "in_channels": 32, "hid_channels": 64, "out_channels": 32, "num_layers": 2,
+        "with_avg_pool": False, "with_bias": False, "with_last_bn": True, "with_last_bn_affine": True,
+        "with_last_bias": False, "norm_cfg": bn}
+    assert "pre_conv" not in data["model"]
+    assert dropped(stderr)["model.pre_conv"].startswith("not an argument of selfsup's BYOL")
+    # 16 iterations with 16 accumulation steps = every optimizer step (the default)
+    assert data["optimizer_config"] == {"accumulate_steps": 16}
+    assert data["hooks"] == [{"type": "MomentumUpdate", "end_momentum": 1.0}]
+    assert "note: hooks.0.update_interval: 16 iterations = 1 optimizer step(s)" in stderr
+
+
+def test_momentum_interval_in_optimizer_steps(tmp_path, capsys):
+    source = write(tmp_path / "m.py", """
+        model = dict(type='BYOL', backbone=dict(type='ResNet', depth=18))
+        optimizer_config = dict(update_interval=4)
+        custom_hooks = [dict(type='MomentumUpdateHook', update_interval=8),
+                        dict(type='MomentumUpdateHook', update_interval=6)]
+    """)
+    data, _, stderr = migrate(capsys, source, tmp_path / "m.toml")
+    assert data["hooks"] == [{"type": "MomentumUpdate", "update_interval": 2},
+                             {"type": "MomentumUpdate", "update_interval": 6}]
+    assert "warning: hooks.1.update_interval = 6 iterations is not a multiple of accumulate_steps = 4" in stderr
+
+
+def test_mmselfsup_old_defaults_extractor_and_sampling(tmp_path, capsys):
+    """MMSelfSup 0.x: DeepCluster without with_sobel (False there, True here), a MoCo v3
+    VisionTransformer (always sin-cos there), the DeepClusterHook extractor's imgs_per_gpu and
+    ODC's data.sampling_replace."""
+    write(tmp_path / "dc.py", """
+        model = dict(type='DeepCluster', backbone=dict(type='ResNet', depth=18, in_channels=3),
+                     neck=dict(type='AvgPool2dNeck'), head=dict(type='ClsHead', in_channels=512, num_classes=10))
+        data = dict(imgs_per_gpu=64, sampling_replace=True, workers_per_gpu=4)
+        custom_hooks = [dict(type='DeepClusterHook', extractor=dict(imgs_per_gpu=128, workers_per_gpu=8),
+                             clustering=dict(type='Kmeans', k=10, pca_dim=-1))]
+    """)
+    write(tmp_path / "sobel.py", """
+        _base_ = 'dc.py'
+        model = dict(with_sobel=True, backbone=dict(in_channels=2))
+    """)
+    write(tmp_path / "vit.py", """
+        model = dict(type='MoCoV3', base_momentum=0.99,
+                     backbone=dict(type='VisionTransformer', arch='mocov3-small', img_size=224, patch_size=16))
+    """)
+    write(tmp_path / "vit_pretrained.py", """
+        model = dict(type='MoCoV3', backbone=dict(type='VisionTransformer', arch='mocov3-small',
+                                                   init_cfg=dict(type='Pretrained', checkpoint='w.pth')))
+    """)
+    data, _, stderr = migrate(capsys, tmp_path / "dc.py", tmp_path / "dc.toml")
+    assert data["model"]["with_sobel"] is False
+    assert data["hooks"][0]["extractor"] == {"samples_per_gpu": 128, "workers_per_gpu": 8}
+    assert data["data"] == {"samples_per_gpu": 64, "workers_per_gpu": 4}
+    assert dropped(stderr)["data.sampling_replace"].startswith("sampling with replacement is not supported")
+    data, _, _ = migrate(capsys, tmp_path / "sobel.py", tmp_path / "sobel.toml")
+    assert data["model"]["with_sobel"] is True and data["model"]["backbone"]["in_channels"] == 2
+    data, _, stderr = migrate(capsys, tmp_path / "vit.py", tmp_path / "vit.toml")
+    assert data["model"]["backbone"]["pos_embed_type"] == "sincos"
+    assert 'note: model.backbone.pos_embed_type = "sincos"' in stderr
+    data, _, _ = migrate(capsys, tmp_path / "vit_pretrained.py", tmp_path / "vit_pretrained.toml")
+    assert "pos_embed_type" not in data["model"]["backbone"]
+
+
+def test_an_mmselfsup_1x_config_is_refused(tmp_path):
+    write(tmp_path / "new.py", """
+        default_scope = 'mmselfsup'
+        model = dict(type='MoCo')
+        train_dataloader = dict(batch_size=32)
+        optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.03))
+    """)
+    result = cli("migrate", "new.py", "-o", "new.toml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert not (tmp_path / "new.toml").exists()
+    assert "MMSelfSup 1.x (MMEngine) config (train_dataloader, optim_wrapper, default_scope)" in result.stderr
+
+
 # -- refusals ---------------------------------------------------------------------------------------
 def test_a_call_it_cannot_evaluate_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "pwned"

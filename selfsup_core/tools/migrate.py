@@ -49,6 +49,17 @@ old (OpenSelfSup / MMSelfSup 0.x)           selfsup
 ``custom_hooks``                            ``[[hooks]]``
 ==========================================  ===================================================
 
+Old defaults that differ from ours are written out: DeepCluster gets ``with_sobel = false``
+unless the config sets it; MMSelfSup 0.x's ``VisionTransformer`` (MoCo v3) gets
+``pos_embed_type = "sincos"`` (it always used a fixed sin-cos position embedding) unless it
+loads ``Pretrained`` weights. The old momentum hooks' ``update_interval`` counts iterations,
+ours optimizer steps: with ``accumulate_steps = N`` it is divided by N (dropped when it
+becomes 1). ``imgs_per_gpu`` of a DeepCluster/ODC hook's ``extractor`` becomes
+``samples_per_gpu``. ``NonLinearNeckSimCLR`` keeps its ``with_bias`` (every linear layer, the
+last one included) and ``with_last_bn``. An MMSelfSup 1.x (MMEngine) config
+(``train_dataloader``, ``optim_wrapper``, ``param_scheduler``, ``default_hooks``,
+``default_scope``) is refused: it is another schema.
+
 OpenSelfSup's ``GaussianBlur`` and ``Solarization`` always applied (``RandomAppliedTrans``
 gave the probability); ours take ``p`` (default 0.5), so a converted OpenSelfSup config gets
 ``p = 1.0`` where the old one had none. Keys selfsup has no use for (``dist_params``,
@@ -127,6 +138,8 @@ OBSOLETE_TYPE_ARGS = {
     ("ResNet", "conv_cfg"): "convolutions are plain nn.Conv2d",
     ("ResNetV1d", "conv_cfg"): "convolutions are plain nn.Conv2d",
     ("MoCoV2Neck", "sync_bn"): "MoCoV2Neck has no normalisation layer",
+    ("BYOL", "pre_conv"): "not an argument of selfsup's BYOL (an option of some OpenSelfSup versions); "
+                          "check that the projector layers are the ones intended",
 }
 #: mmcv ``lr_config`` keys ours read (engine.schedules, kept here so that no torch is imported).
 LR_COMMON_KEYS = ("policy", "by_epoch", "warmup", "warmup_iters", "warmup_ratio", "warmup_by_epoch")
@@ -154,6 +167,9 @@ DROPPED_TOP = {
     "device": "the device is chosen at run time (--device)",
     "gpus": "the devices are chosen by torchrun / --device",
 }
+#: Top-level keys that only MMSelfSup 1.x / MMEngine configs have (refused: a different schema).
+MMENGINE_KEYS = ("train_dataloader", "optim_wrapper", "param_scheduler", "default_scope",
+                 "default_hooks")
 HELPER_REASON = "not a setting (a variable of the Python config; its value is used where the config refers to it)"
 #: Output order of the top-level tables.
 ORDER = ("seed", "deterministic", "work_dir", "model", "data", "optimizer", "optimizer_config", "lr_config", "runner",
@@ -202,6 +218,10 @@ class Migration:
             "log_config": self.log_config, "custom_hooks": self.custom_hooks, "fp16": self.fp16,
         }
         runner_keys = {"cudnn_benchmark": "cudnn_benchmark", "find_unused_parameters": "find_unused_parameters"}
+        newer = [key for key in MMENGINE_KEYS if key in self.cfg]
+        if newer:
+            raise ConfigError(f"this is an MMSelfSup 1.x (MMEngine) config ({', '.join(newer)}); only MMSelfSup 0.x "
+                              "and OpenSelfSup configs (data, optimizer, lr_config, runner) can be migrated")
         for key, value in self.cfg.items():
             if key in handlers:
                 handlers[key](value)
@@ -216,6 +236,7 @@ class Migration:
             else:
                 self.drop([key], HELPER_REASON)
         self.place_frozen_layers()
+        self.momentum_interval()
         data = {key: self.out[key] for key in ORDER if key in self.out and self.out[key] != {}}
         data.update({k: v for k, v in self.out.items() if k not in data and v != {}})
         return clean(data, (), self)
@@ -230,6 +251,27 @@ class Migration:
             self.note("optimizer_config.frozen_layers_cfg -> the SwAV hook's frozen_layers_cfg")
         else:
             self.drop(["optimizer_config", "frozen_layers_cfg"], "only the SwAV hook freezes layers; there is none")
+
+    def momentum_interval(self) -> None:
+        """The old ``BYOLHook``/``MomentumUpdateHook`` ``update_interval`` counts iterations;
+        ours counts optimizer steps, which with ``accumulate_steps = N`` are N iterations each."""
+        steps = self.out.get("optimizer_config", {}).get("accumulate_steps", 1)
+        if not isinstance(steps, int) or isinstance(steps, bool) or steps <= 1:
+            return
+        for i, hook in enumerate(self.out.get("hooks", [])):
+            interval = hook.get("update_interval")
+            if hook.get("type") not in HOOKS["MomentumUpdate"][0] or not isinstance(interval, int):
+                continue
+            if interval % steps:
+                self.warnings.append(f"hooks.{i}.update_interval = {interval} iterations is not a multiple of "
+                                     f"accumulate_steps = {steps}; selfsup counts optimizer steps: set it by hand")
+                continue
+            if interval == steps:
+                del hook["update_interval"]
+            else:
+                hook["update_interval"] = interval // steps
+            self.note(f"hooks.{i}.update_interval: {interval} iterations = {interval // steps} optimizer step(s) "
+                      f"with accumulate_steps = {steps} (selfsup counts optimizer steps)")
 
     def keep_top(self, key: str, value: Any) -> None:
         if value is None:
@@ -255,7 +297,24 @@ class Migration:
                 self.note(f"model.pretrained {pretrained!r} -> model.backbone.init_cfg (Pretrained)")
             else:
                 self.drop(["model", "pretrained"], "the model has no backbone table to take init_cfg")
+        self.algorithm_defaults(model)
         self.out["model"] = model
+
+    def algorithm_defaults(self, model: dict[str, Any]) -> None:
+        """Write out the old defaults where ours differ: DeepCluster's ``with_sobel`` (False in
+        MMSelfSup 0.x and OpenSelfSup, True here) and the fixed sin-cos position embedding of
+        MMSelfSup 0.x's ``VisionTransformer`` (learnable here)."""
+        if model.get("type") == "DeepCluster" and "with_sobel" not in model:
+            model["with_sobel"] = False
+            self.note("model.with_sobel = false (the old DeepCluster's default; selfsup's is true)")
+        backbone = model.get("backbone")
+        if isinstance(backbone, dict) and backbone.get("type") == "VisionTransformer" \
+                and "pos_embed_type" not in backbone:
+            init = backbone.get("init_cfg")
+            if not (isinstance(init, dict) and init.get("type") == "Pretrained"):
+                backbone["pos_embed_type"] = "sincos"
+                self.note("model.backbone.pos_embed_type = \"sincos\" (MMSelfSup 0.x's VisionTransformer always "
+                          "used a fixed 2-d sin-cos position embedding)")
 
     # components -----------------------------------------------------------------------------
     def component(self, table: dict[str, Any], kind: str | None, path: tuple[Any, ...]) -> dict[str, Any]:
@@ -316,8 +375,12 @@ class Migration:
             table.update(num_layers=2, with_bias=True, with_last_bn=False, with_last_bias=True)
             table.setdefault("norm_cfg", norm)
         elif old == "NonLinearNeckSimCLR":
+            # OpenSelfSup: with_bias (default False) applies to every linear layer, the last
+            # included; with_last_bn (default True) is an affine BN; SyncBN unless sync_bn=False.
             table.setdefault("num_layers", 2)
-            table.update(with_bias=False, with_last_bn=True, with_last_bn_affine=True, with_last_bias=False)
+            table.setdefault("with_bias", False)
+            table.setdefault("with_last_bn", True)
+            table.update(with_last_bn_affine=True, with_last_bias=table["with_bias"])
             table.setdefault("norm_cfg", {"type": "BN"} if sync_bn is False else {"type": "SyncBN"})
         elif sync_bn is not _ABSENT:
             if sync_bn and "norm_cfg" not in table and old != "NonLinearNeckV1":
@@ -434,6 +497,8 @@ class Migration:
         keys = EXTRACTOR_KEYS if key == "extractor" else CLUSTERING_KEYS
         result = {}
         for sub, item in value.items():
+            if key == "extractor" and sub == "imgs_per_gpu":
+                sub = "samples_per_gpu"
             if sub in keys:
                 result[sub] = self.child(sub, item, (*path, sub))
             elif key == "clustering" and sub == "type":
@@ -458,6 +523,9 @@ class Migration:
                 out[key] = value
             elif key in ("train", "val", "test") and isinstance(value, dict):
                 out[key] = self.component(value, "datasets", ("data", key))
+            elif key == "sampling_replace":
+                self.drop(["data", key], "sampling with replacement is not supported; every epoch visits each "
+                          "image once")
             else:
                 self.drop(["data", key], OBSOLETE_ARGS.get(key) or "not a [data] setting")
 

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import display_path
+from ..config import display_path, read_config_text
 from ..errors import ConfigError, Problem
 
 BASE_KEY = "_base_"
@@ -691,13 +691,7 @@ def parse_file(path: Path, shown: str) -> tuple[str, list[str], ast.Module]:
     Returns ``(substituted text, placeholder paths, tree)``; a missing file or a syntax error
     is a :class:`ConfigError` naming the file (and line).
     """
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found ({os.path.abspath(path)})", file=shown) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file: {type(exc).__name__}: {exc}", file=shown) from None
-    text, paths = substitute_base_refs(raw)
+    text, paths = substitute_base_refs(read_config_text(path, shown))
     try:
         with warnings.catch_warnings():  # '\d' in a non-raw string is common in old configs
             warnings.simplefilter("ignore")
