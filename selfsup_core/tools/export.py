@@ -101,6 +101,11 @@ def _convert(state: W.StateDict, to: str) -> tuple[W.StateDict, dict[str, Any], 
     drops: list[dict[str, Any]] = []
     if to == "raw":
         return state, {"library": None}, drops
+    wrapped = all(k.startswith(TIMM_BACKBONE_PREFIX) for k in state)
+    if wrapped:  # a TimmBackbone: timm's own names under timm_model.
+        state = {k[len(TIMM_BACKBONE_PREFIX):]: v for k, v in state.items()}
+        if to == "timm" and not (W.is_resnet(state) or W.is_vit(state)):
+            return state, {"library": "timm", "arch": "TimmBackbone"}, drops
     if W.is_resnet(state):
         fc = [k for k in state if k.startswith("fc.")]
         if fc:
@@ -124,6 +129,10 @@ def _convert(state: W.StateDict, to: str) -> tuple[W.StateDict, dict[str, Any], 
     sample = ", ".join(list(state)[:3])
     raise WeightsError(f"--to {to}: this backbone is not a ResNet or ViT (keys {sample}, ...), so it has no {to} "
                        "key mapping; use --to raw")
+
+
+#: Where :class:`TimmBackbone` keeps the timm model; its keys below are timm's own.
+TIMM_BACKBONE_PREFIX = "timm_model."
 
 
 def _check_timm_resnet(state: W.StateDict, arch: str) -> bool | None:
@@ -185,7 +194,10 @@ def format_export_report(report: dict[str, Any]) -> str:
              f"{report['prefix']!r} of {report['checkpoint']}{where}",
              f"  -> {report['out']} ({report['format']}, {names})"]
     target = report["target"]
-    if target.get("arch") and report["to"] in ("torchvision", "timm") and target["arch"] != "VisionTransformer":
+    if target.get("arch") == "TimmBackbone":
+        lines.append("  a TimmBackbone: timm's own key names; load into timm.create_model(<its model_name>, "
+                     "num_classes=0) with strict=True")
+    elif target.get("arch") and report["to"] in ("torchvision", "timm") and target["arch"] != "VisionTransformer":
         if target.get("exact"):
             lines.append(f"  matches {report['to']} {target['arch']} key for key and shape for shape: "
                          f"load_state_dict(weights, strict=False) leaves only fc.weight, fc.bias missing")

@@ -57,3 +57,23 @@ def test_our_vit_exports_to_timm_with_identical_features(tmp_path: Path) -> None
     with torch.no_grad():
         expected = target.forward_features(x)[:, 0]
     torch.testing.assert_close(_cls_token(ours, x), expected, rtol=0, atol=1e-5)
+
+
+def test_timm_backbone_takes_timm_checkpoints_and_exports_them_back(tmp_path: Path) -> None:
+    import timm
+    from selfsup_models.backbones.timm_backbone import TimmBackbone
+
+    torch.manual_seed(2)
+    reference = timm.create_model("mobilenetv3_small_050", num_classes=7).eval()
+    safetensors_io.save_file(reference.state_dict(), tmp_path / "model.safetensors")  # as the hub has it
+    ours = TimmBackbone("mobilenetv3_small_050",
+                        init_cfg={"type": "Pretrained", "checkpoint": str(tmp_path / "model.safetensors")})
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x)[0], reference.forward_features(x), rtol=0, atol=0)
+    atomic_save({"state_dict": {f"backbone.{k}": v for k, v in ours.state_dict().items()}}, tmp_path / "latest.pth")
+    done = run_selfsup("export", tmp_path / "latest.pth", tmp_path / "mnv3.pth", "--to", "timm")
+    assert done.returncode == 0, done.stderr
+    assert "a TimmBackbone: timm's own key names" in done.stdout
+    fresh = timm.create_model("mobilenetv3_small_050", num_classes=0)
+    fresh.load_state_dict(torch.load(tmp_path / "mnv3.pth", weights_only=True), strict=True)

@@ -36,7 +36,9 @@ class TimmBackbone(BaseModule):
         out_indices: feature levels for ``features_only`` (timm's numbering; default: the last).
         in_channels: input image channels.
         drop_rate, drop_path_rate: passed to timm.
-        init_cfg: applied after construction (e.g. Pretrained with timm key names).
+        init_cfg: applied after construction. Pretrained takes timm's own key names (a timm
+            checkpoint or hub ``.safetensors``, ``selfsup-run export --to timm``) as well as
+            ours (``timm_model.`` in front); the classifier, absent here, is reported unexpected.
 
     Output: a tuple of feature tensors: with ``features_only`` one map ``(N, C_i, H_i, W_i)``
     per level, else one entry, ``model.forward_features(x)`` (a map for conv nets, tokens
@@ -84,6 +86,14 @@ class TimmBackbone(BaseModule):
             self.feature_channels = (int(self.timm_model.num_features),)
         self.out_channels = self.feature_channels[-1]
         self.init_weights()
+
+    def adapt_state_dict(self, state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+        """Put ``timm_model.`` in front of timm's own key names (called by ``init_cfg``
+        Pretrained before keys are matched; ``prefix`` is this module's place in the model)."""
+        inner = f"{prefix}timm_model."
+        if any(k.startswith(inner) for k in state):
+            return state
+        return {(inner + k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state.items()}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(N, C_in, H, W)`` -> tuple of features (see the class docstring)."""
