@@ -207,3 +207,15 @@ def test_import_weights_takes_the_backbone_of_an_mmcls_classifier(tmp_path: Path
     assert report["dropped"] == [{"keys": "head.*", "count": 1, "reason": "not under the backbone prefix 'backbone.'"}]
     status, out_text, err_text = _cli(capsys, "import-weights", tmp_path / "mmcls.pth", tmp_path / "c.pth", "--from", "timm", "--prefix", "head.")
     assert status == 2 and "--from timm: these weights do not look like timm ones" in err_text
+
+
+def test_export_carries_the_backbone_table_of_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _training_checkpoint(tmp_path / "latest.pth", _resnet(), _resnet(1))
+    (tmp_path / "config.toml").write_text('[model]\ntype = "MoCo"\n[model.backbone]\ntype = "ResNet"\ndepth = 18\n'
+                                          'norm_cfg = { type = "SyncBN" }\n')
+    status, out_text, _ = _cli(capsys, "export", tmp_path, tmp_path / "r18.safetensors")
+    assert status == 0
+    assert 'the run built this backbone from (its config.toml):\n    [model.backbone]\n    type = "ResNet"' in out_text
+    metadata = safetensors_io.read_metadata(tmp_path / "r18.safetensors")
+    assert json.loads(metadata["backbone_config"]) == {"type": "ResNet", "depth": 18, "norm_cfg": {"type": "SyncBN"}}
+    assert metadata["source"] == "latest.pth" and metadata["key_names"] == "raw"

@@ -88,12 +88,33 @@ def export_backbone(
     if not kept:
         raise WeightsError(f"{checkpoint}: nothing is left to export under prefix {prefix!r}")
     report.update(kept=len(kept), parameters=W.count_parameters(kept), dropped=dropped)
+    backbone = _run_backbone_table(checkpoint) if prefix == "backbone." else None
+    if backbone is not None:
+        report["backbone_config"] = backbone
     metadata = {"format": "pt", "source": checkpoint.name, "prefix": prefix, "key_names": to,
                 "selfsup_version": __version__}
+    if backbone is not None:
+        metadata["backbone_config"] = json.dumps(backbone)
     if report["target"].get("arch"):
         metadata["arch"] = report["target"]["arch"]
     W.write_state_dict(kept, out, fmt, metadata)
     return report
+
+
+def _run_backbone_table(checkpoint: Path) -> dict[str, Any] | None:
+    """The ``[model.backbone]`` table of the run that wrote ``checkpoint`` (its work dir's
+    ``config.toml``, which the trainer writes), or None: what builds the exported weights."""
+    from ..config import read_toml
+    from ..errors import ConfigError
+
+    config = checkpoint.parent / "config.toml"
+    if not config.is_file():
+        return None
+    try:
+        backbone = read_toml(config).get("model", {}).get("backbone")
+    except ConfigError:
+        return None
+    return dict(backbone) if isinstance(backbone, dict) else None
 
 
 def _convert(state: W.StateDict, to: str) -> tuple[W.StateDict, dict[str, Any], list[dict[str, Any]]]:
@@ -219,6 +240,12 @@ def format_export_report(report: dict[str, Any]) -> str:
                      else "  timm key names (timm is not installed, so not checked against it)")
     for drop in report["dropped"]:
         lines.append(f"  dropped {drop['keys']} ({_tensors(drop['count'])}): {drop['reason']}")
+    if report.get("backbone_config"):
+        from ..config import dump_toml
+
+        text = dump_toml({"model": {"backbone": report["backbone_config"]}}).strip()
+        table = text.removeprefix("[model]").strip().replace("\n", "\n    ")
+        lines.append(f"  the run built this backbone from (its config.toml):\n    {table}")
     return "\n".join(lines)
 
 
