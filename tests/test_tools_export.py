@@ -210,7 +210,7 @@ def test_import_weights_takes_the_backbone_of_an_mmcls_classifier(tmp_path: Path
 
 
 def test_export_carries_the_backbone_table_of_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _training_checkpoint(tmp_path / "latest.pth", _resnet(), _resnet(1))
+    _training_checkpoint(tmp_path / "latest.pth", _resnet(), _resnet(seed=1))
     (tmp_path / "config.toml").write_text('[model]\ntype = "MoCo"\n[model.backbone]\ntype = "ResNet"\ndepth = 18\n'
                                           'norm_cfg = { type = "SyncBN" }\n')
     status, out_text, _ = _cli(capsys, "export", tmp_path, tmp_path / "r18.safetensors")
