@@ -15,6 +15,7 @@ import pytest
 from selfsup_core._compat import tomllib
 from selfsup_core.cli import main
 from selfsup_core.errors import ConfigError
+from selfsup_core.tools.migrate import paramwise_differences
 from selfsup_core.tools.static_eval import load_python_config
 
 NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -775,3 +776,34 @@ def test_the_module_does_not_import_torch():
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_paramwise_differences_follow_mmcv_all_matches_against_our_first_match():
+    table = {"bias": {"weight_decay": 0.0}, r"bn\d": {"lr_mult": 0.1}}
+    names = ["conv1.weight", "conv1.bias", "bn1.weight", "bn1.bias"]
+    assert paramwise_differences(names, table) == [
+        "bn1.bias: the old config gave {'weight_decay': 0.0, 'lr_mult': 0.1}, this one gives {'weight_decay': 0.0}"]
+    assert paramwise_differences(names, {"bias": {"weight_decay": 0.0}, "bn": {"weight_decay": 0.0}}) == []
+    many = paramwise_differences([f"bn{i}.bias" for i in range(8)], table, limit=2)
+    assert len(many) == 3 and many[-1] == "... and 6 more parameters"
+
+
+def test_check_warns_when_overlapping_paramwise_options_would_change(tmp_path, capsys):
+    source = write(tmp_path / "simclr.py", """
+        model = dict(
+            type='SimCLR',
+            backbone=dict(type='ResNet', depth=18, in_channels=3, out_indices=[4], norm_cfg=dict(type='BN')),
+            neck=dict(type='NonLinearNeck', in_channels=512, hid_channels=64, out_channels=32, num_layers=2,
+                      with_avg_pool=True),
+            head=dict(type='ContrastiveHead', temperature=0.1))
+        data = dict(imgs_per_gpu=32, workers_per_gpu=2,
+                    train=dict(type='ContrastiveDataset', data_source=dict(type='ImageNet', root='data/train'),
+                               pipeline=[dict(type='RandomResizedCrop', size=32), dict(type='ToTensor')]))
+        optimizer = dict(type='LARS', lr=0.3, momentum=0.9, weight_decay=1e-6,
+                         paramwise_options={'bias': dict(weight_decay=0.), r'bn\\d': dict(lars_exclude=True)})
+        total_epochs = 1
+    """)
+    _, _, stderr = migrate(capsys, source, tmp_path / "simclr.toml", "--check")
+    assert "warning: optimizer.paramwise_options: MMSelfSup applied every matching expression" in stderr
+    assert ("warning:   backbone.bn1.bias: the old config gave {'weight_decay': 0.0, 'lars_exclude': True}, "
+            "this one gives {'weight_decay': 0.0}") in stderr

@@ -80,6 +80,7 @@ from typing import Any
 
 from ..config import display_path, dump_toml
 from ..errors import ConfigError
+from ..fileio import atomic_write_text
 from .static_eval import load_python_config
 
 OPENSELFSUP = "OpenSelfSup"
@@ -808,18 +809,51 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+def paramwise_differences(names: Iterable[str], table: Mapping[str, Mapping[str, Any]], limit: int = 5) -> list[str]:
+    """Where mmcv's and our reading of ``paramwise_options`` give a parameter other options.
+
+    MMSelfSup 0.x / OpenSelfSup apply every expression that matches a parameter name, in
+    order (a later one overrides a key); selfsup applies the first match only. ``names``:
+    the model's parameter names. Returns one line per differing parameter (up to ``limit``,
+    then a count).
+    """
+    import re
+
+    rules = [(re.compile(pattern), dict(options)) for pattern, options in table.items()]
+    lines: list[str] = []
+    differing = 0
+    for name in names:
+        matched = [options for regex, options in rules if regex.search(name)]
+        theirs: dict[str, Any] = {}
+        for options in matched:
+            theirs.update(options)
+        ours = matched[0] if matched else {}
+        if theirs != ours:
+            differing += 1
+            if len(lines) < limit:
+                lines.append(f"{name}: the old config gave {theirs}, this one gives {ours}")
+    if differing > limit:
+        lines.append(f"... and {differing - limit} more parameters")
+    return lines
+
+
+def warn_paramwise(path: Path) -> None:
+    """After a successful check: build the model of ``path`` and print a warning per
+    parameter whose ``optimizer.paramwise_options`` differ under our first-match rule."""
+    from ..build import build_model
+    from ..config import load_config
+
+    config = load_config(path)
+    table = config.data.get("optimizer", {}).get("paramwise_options")
+    if not isinstance(table, dict) or len(table) < 2:
+        return
+    names = [name for name, _ in build_model(config).named_parameters()]
+    differences = paramwise_differences(names, table)
+    if differences:
+        print("warning: optimizer.paramwise_options: MMSelfSup applied every matching expression (later ones "
+              "override), selfsup applies the first match only; reorder or merge the expressions:", file=sys.stderr)
+        for line in differences:
+            print(f"warning:   {line}", file=sys.stderr)
 
 
 def check(path: Path, to_stderr: bool) -> int:
@@ -846,7 +880,7 @@ def run(args: argparse.Namespace) -> int:
     if out is not None:
         if out.is_dir():
             raise ConfigError(f"{display_path(out)} is a directory; give a .toml file name")
-        write_atomically(out, text)
+        atomic_write_text(out, text)
         print(f"wrote {display_path(out)}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -854,11 +888,17 @@ def run(args: argparse.Namespace) -> int:
     if not getattr(args, "check", False):
         return 0
     if out is not None:
-        return check(out, to_stderr=False)
+        status = check(out, to_stderr=False)
+        if status == 0:
+            warn_paramwise(out)
+        return status
     with tempfile.TemporaryDirectory() as folder:
         temp = Path(folder) / f"{source.stem}.toml"
         temp.write_text(text, encoding="utf-8")
-        return check(temp, to_stderr=True)
+        status = check(temp, to_stderr=True)
+        if status == 0:
+            warn_paramwise(temp)
+        return status
 
 
-__all__ = ["Migration", "RENAMES", "detect_dialect", "migrate_file", "run"]
+__all__ = ["Migration", "RENAMES", "detect_dialect", "migrate_file", "paramwise_differences", "run"]
