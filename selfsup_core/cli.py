@@ -129,6 +129,8 @@ def _add_tool_parsers(commands: Any) -> None:
     export.add_argument("--prefix", metavar="P",
                         help="the backbone's key prefix in CKPT (default: found, e.g. 'backbone.', 'encoder_q.0.')")
     export.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    export.add_argument("--hash", action="store_true",
+                        help="append the first 8 hex digits of the file's SHA-256 to its name (torch.hub's check_hash)")
     export.add_argument("--json", action="store_true", help="print the report as JSON")
 
     imported = commands.add_parser(

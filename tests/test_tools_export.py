@@ -219,3 +219,19 @@ def test_export_carries_the_backbone_table_of_the_run(tmp_path: Path, capsys: py
     metadata = safetensors_io.read_metadata(tmp_path / "r18.safetensors")
     assert json.loads(metadata["backbone_config"]) == {"type": "ResNet", "depth": 18, "norm_cfg": {"type": "SyncBN"}}
     assert metadata["source"] == "latest.pth" and metadata["key_names"] == "raw"
+
+
+def test_export_with_hash_names_the_file_as_torch_hub_checks_it(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+    import re
+
+    _training_checkpoint(tmp_path / "latest.pth", _resnet(), _resnet(seed=1))
+    status, out_text, _ = _cli(capsys, "export", tmp_path / "latest.pth", tmp_path / "r18.pth", "--hash", "--json")
+    assert status == 0
+    report = json.loads(out_text)
+    written = Path(report["out"])
+    assert not (tmp_path / "r18.pth").exists() and written.parent == tmp_path
+    sha = hashlib.sha256(written.read_bytes()).hexdigest()
+    assert report["sha256"] == sha and written.name == f"r18-{sha[:8]}.pth"
+    assert re.search(r"-([a-f0-9]*)\.", written.name).group(1) == sha[:8]  # torch.hub's HASH_REGEX

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     """The ``export`` and ``import-weights`` commands; returns the exit status."""
     if args.command == "export":
         report = export_backbone(args.checkpoint, args.out, fmt=args.format, to=args.to, prefix=args.prefix,
-                                 force=args.force)
+                                 force=args.force, with_hash=getattr(args, "hash", False))
         text = format_export_report(report)
     else:
         report = import_weights(args.weights, args.out, source=args.source, fmt=args.format, prefix=args.prefix,
@@ -50,6 +51,7 @@ def export_backbone(
     to: str = "raw",
     prefix: str | None = None,
     force: bool = False,
+    with_hash: bool = False,
 ) -> dict[str, Any]:
     """Write the backbone of ``checkpoint`` (a file, or a work dir: its latest checkpoint) to
     ``out``; returns the report (a JSON-able dict).
@@ -58,7 +60,8 @@ def export_backbone(
     against torchvision's models, the classifier ``fc`` is left out, ViT keys renamed) or ``timm`` (ResNets
     and ViTs; checked against timm's models where timm is installed). ``prefix``: where the
     backbone's keys are (default: :data:`~selfsup_core.tools.weights.BACKBONE_PREFIXES`,
-    the first present; a file with none of them is taken as a bare backbone).
+    the first present; a file with none of them is taken as a bare backbone). ``with_hash``:
+    name the file ``<stem>-<sha256[:8]><suffix>`` as torchvision's releases are.
     """
     checkpoint, out = Path(checkpoint), Path(out)
     if checkpoint.is_dir():
@@ -98,7 +101,27 @@ def export_backbone(
     if report["target"].get("arch"):
         metadata["arch"] = report["target"]["arch"]
     W.write_state_dict(kept, out, fmt, metadata)
+    if with_hash:
+        report["out"], report["sha256"] = _append_hash(out, force)
     return report
+
+
+def _append_hash(out: Path, force: bool) -> tuple[str, str]:
+    """Rename ``out`` to ``<stem>-<first 8 hex digits of its SHA-256><suffix>``, the names
+    ``torch.hub.load_state_dict_from_url(..., check_hash=True)`` verifies."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(out, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    sha = digest.hexdigest()
+    target = out.with_name(f"{out.stem}-{sha[:8]}{out.suffix}")
+    if target.exists() and not force:
+        out.unlink()
+        raise WeightsError(f"{target}: exists; pass --force to overwrite it, or choose another path")
+    os.replace(out, target)
+    return str(target), sha
 
 
 def _run_backbone_table(checkpoint: Path) -> dict[str, Any] | None:
