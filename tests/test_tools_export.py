@@ -147,7 +147,7 @@ def test_export_refuses_what_it_cannot_do_in_one_line(tmp_path: Path, capsys: py
     for args, expected in [
         ((ckpt, out), "b.pth: exists; pass --force to overwrite it"),
         ((ckpt, ckpt, "--force"), "latest.pth: is the input file"),
-        ((ckpt, tmp_path / "x.pth", "--prefix", "student."), "no key starts with --prefix 'student.'; prefixes found: "),
+        ((ckpt, tmp_path / "x.pth", "--prefix", "student."), "starts with prefix 'student.'; prefixes found: "),
         ((tmp_path / "missing.pth", tmp_path / "x.pth"), "missing.pth: no such file"),
     ]:
         status, _, err_text = _cli(capsys, "export", *args)

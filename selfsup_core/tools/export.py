@@ -76,10 +76,7 @@ def export_backbone(
     state, meta = W.read_state_dict(checkpoint)
     if prefix is None:
         prefix = W.find_backbone_prefix(state) or ""
-    elif not any(k.startswith(prefix) for k in state):
-        found = sorted({k.split(".", 1)[0] + "." for k in state})
-        raise WeightsError(f"{checkpoint}: no key starts with --prefix {prefix!r}; prefixes found: {', '.join(found)}")
-    kept, dropped_keys = W.split_prefix(state, prefix)
+    kept, dropped_keys = W.select_prefix(state, prefix, str(checkpoint))
     dropped = [{"keys": f"{group}.*" if any("." in k for k in keys) else group, "count": len(keys),
                 "reason": W.drop_reason(group)} for group, keys in dropped_keys.items()]
     report: dict[str, Any] = {
@@ -301,10 +298,7 @@ def import_weights(
     if prefix is None and any(k.startswith("backbone.") for k in state):
         prefix = "backbone."
     if prefix:
-        if not any(k.startswith(prefix) for k in state):
-            found = sorted({k.split(".", 1)[0] + "." for k in state})
-            raise WeightsError(f"{weights}: no key starts with --prefix {prefix!r}; prefixes found: {', '.join(found)}")
-        state, others = W.split_prefix(state, prefix)
+        state, others = W.select_prefix(state, prefix, str(weights))
         dropped += [{"keys": f"{g}.*", "count": len(k), "reason": "not under the backbone prefix " + repr(prefix)}
                     for g, k in others.items()]
     dialect = _dialect(state, source)

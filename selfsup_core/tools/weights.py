@@ -51,7 +51,7 @@ class WeightsError(SelfSupError, ValueError):
     """A weights file cannot be read, understood or written."""
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> tuple[StateDict, dict[str, Any]]:
+def read_state_dict(path: str | os.PathLike[str], map_location: Any = "cpu") -> tuple[StateDict, dict[str, Any]]:
     """The tensor state dict in ``path`` and the checkpoint's ``meta`` (empty if none).
 
     Accepts ``.safetensors``, raw state dicts and training checkpoints (``state_dict``,
@@ -63,9 +63,12 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[StateDict, dict[str, 
     if not path.is_file():
         raise WeightsError(f"{path}: no such file")
     if path.suffix == ".safetensors":
-        return safetensors_io.load_file(path), safetensors_io.read_metadata(path)
+        try:
+            return safetensors_io.load_file(path), safetensors_io.read_metadata(path)
+        except safetensors_io.SafetensorsError as exc:
+            raise WeightsError(str(exc)) from exc
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if "Weights only load failed" in str(exc):
@@ -73,7 +76,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> tuple[StateDict, dict[str, 
                 f"{path}: holds objects that are not plain tensors and containers, so it is not loaded "
                 "(weights_only=True); re-save just its state dict: torch.save(ckpt['state_dict'], 'weights.pth')"
             ) from exc
-        raise WeightsError(f"{path}: cannot be read as a PyTorch file ({first[:200]})") from exc
+        raise WeightsError(f"{path}: cannot be read by torch.load(weights_only=True) ({first[:200]})") from exc
     meta = obj.get("meta") if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping) else {}
     return unwrap_state_dict(obj, str(path)), dict(meta)
 
@@ -125,6 +128,15 @@ def split_prefix(state: Mapping[str, Any], prefix: str) -> tuple[StateDict, dict
             kept[key[len(prefix):]] = value
         else:
             dropped.setdefault(key.split(".", 1)[0], []).append(key)
+    return kept, dropped
+
+
+def select_prefix(state: Mapping[str, Any], prefix: str, source: str) -> tuple[StateDict, dict[str, list[str]]]:
+    """:func:`split_prefix`, refusing a ``prefix`` that no key of ``source`` starts with."""
+    kept, dropped = split_prefix(state, prefix)
+    if not kept:
+        found = sorted({k.split(".", 1)[0] + "." for k in state})
+        raise WeightsError(f"no key of {source} starts with prefix {prefix!r}; prefixes found: {', '.join(found[:10])}")
     return kept, dropped
 
 
@@ -354,6 +366,7 @@ __all__ = [
     "match_torchvision_resnet",
     "output_format",
     "read_state_dict",
+    "select_prefix",
     "split_prefix",
     "timm_vit_differences",
     "unwrap_state_dict",

@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import attrs
 import torch
-from selfsup_core.tools.weights import WeightsError, unwrap_state_dict
+from selfsup_core.tools.weights import WeightsError, read_state_dict, select_prefix
 from torch import nn
 
 __all__ = ["INITIALIZERS", "BaseModule", "InitReport", "apply_init_cfg", "load_checkpoint_state_dict"]
@@ -276,29 +276,11 @@ def load_checkpoint_state_dict(
     """
     path = _resolve_checkpoint(checkpoint)
     try:
-        if str(path).endswith(".safetensors"):
-            from selfsup_core.tools.safetensors_io import load_file
-
-            obj = load_file(path)
-        else:
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - restate with the path, keep the cause
-        raise ValueError(
-            f"init_cfg Pretrained: cannot load {path} with weights_only=True: {' '.join(str(exc).split())[:300]}"
-        ) from exc
-    try:
-        state = unwrap_state_dict(obj, path)
+        state, _ = read_state_dict(path, map_location=map_location)
+        if prefix:
+            state, _ = select_prefix(state, prefix, path)
     except WeightsError as exc:
-        raise ValueError(f"init_cfg Pretrained: {exc}") from None
-    if prefix:
-        selected = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not selected:
-            heads = sorted({k.split(".", 1)[0] + "." for k in state})
-            raise ValueError(
-                f"init_cfg Pretrained: no key of {path} starts with prefix {prefix!r}; "
-                f"prefixes found: {', '.join(heads[:10])}"
-            )
-        state = selected
+        raise ValueError(f"init_cfg Pretrained: {exc}") from exc
     return state, path
 
 
