@@ -29,10 +29,10 @@ from typing import Any
 
 import attrs
 
+from ..engine.logger import METRICS_FILE
 from ..errors import SelfSupError, describe_exception
 from ..fileio import atomic_write
 
-METRICS_FILE = "metrics.jsonl"  # engine.logger.METRICS_FILE, repeated to keep torch out
 DEFAULT_OUT = "curves.png"
 TRAIN_MODES = ("train", "train_epoch")
 # numeric keys of training records that are bookkeeping, not curves
