@@ -205,7 +205,9 @@ def _leave_process_group(wait: bool) -> None:
 
 
 # -- commands -----------------------------------------------------------------------------
-def _load(args: argparse.Namespace) -> Any:
+def load_command_config(args: argparse.Namespace) -> Any:
+    """``args.config`` with ``args.cfg_options`` applied, after the plugins'
+    ``selfsup_process_config`` hooks: the config every command that takes one works on."""
     from .config import load_config
 
     config = load_config(args.config, args.cfg_options)
@@ -221,7 +223,7 @@ def _tool(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .build import build_model, validate
 
-    config = _load(args)
+    config = load_command_config(args)
     if not args.check:
         from .engine.trainer import Trainer
 
@@ -254,7 +256,7 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .engine.evaluation import evaluate_checkpoint, format_results
 
-    config = _load(args)
+    config = load_command_config(args)
     tsne = args.command == "tsne"
     if tsne and args.out:
         config.set(("evaluation", "evaluators"), [{**_tsne_table(config), "out": args.out}], origin="--out")
@@ -313,7 +315,7 @@ def _check_trainer_sections(config: Any, model: Any) -> None:
 
 
 def _show_config(args: argparse.Namespace) -> int:
-    config = _load(args)
+    config = load_command_config(args)
     sys.stdout.write(f"# resolved from {config.filename}\n{config.to_toml()}")
     return 0
 

@@ -141,17 +141,6 @@ def format_table(rows: list[Row], total: Row, header: str) -> str:
     return "\n".join(text)
 
 
-def load(path: str, overrides: Any) -> Any:
-    """The config as ``selfsup-run`` loads it: overrides applied, then the plugins'
-    ``selfsup_process_config`` hooks."""
-    from ..config import load_config
-    from ..plugins import get_plugin_manager
-
-    config = load_config(path, overrides)
-    get_plugin_manager().hook.selfsup_process_config(config=config)
-    return config
-
-
 # -- command --------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     """Build CONFIG's model and print its parameter counts (table or JSON)."""
@@ -159,7 +148,9 @@ def run(args: argparse.Namespace) -> int:
         raise SelfSupError(f"count-params: --depth must be 1 or more (1: the model's components), got {args.depth}")
     from ..build import build_model
 
-    config = load(args.config, args.cfg_options or ())
+    from ..cli import load_command_config
+
+    config = load_command_config(args)
     model = build_model(config)
     rows, total = count(model, args.depth)
     model_type = config.data["model"].get("type", type(model).__name__)
