@@ -50,6 +50,7 @@ import torch
 from ..build import describe_value
 from ..config import Config, format_key
 from ..errors import ConfigError, Problem, did_you_mean
+from .lr_policies import COMMON_KEYS, POLICIES, POLICY_KEYS, WARMUPS
 
 __all__ = [
     "LrSchedule",
@@ -59,25 +60,6 @@ __all__ = [
     "cosine_momentum",
 ]
 
-#: Policy names (lower case) -> canonical name.
-POLICIES = {
-    "cosineannealing": "CosineAnnealing",
-    "cosine": "CosineAnnealing",
-    "step": "Step",
-    "fixed": "Fixed",
-    "constant": "Fixed",
-    "poly": "Poly",
-    "exp": "Exp",
-}
-COMMON_KEYS = ("policy", "by_epoch", "warmup", "warmup_iters", "warmup_ratio", "warmup_by_epoch")
-POLICY_KEYS = {
-    "CosineAnnealing": ("min_lr", "min_lr_ratio"),
-    "Step": ("step", "gamma", "min_lr"),
-    "Fixed": (),
-    "Poly": ("power", "min_lr"),
-    "Exp": ("gamma",),
-}
-WARMUPS = ("linear", "constant", "exp")
 
 
 def annealing_cos(start: float, end: float, factor: float, weight: float = 1.0) -> float:

@@ -79,6 +79,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import display_path, dump_toml
+from ..engine.lr_policies import COMMON_KEYS as LR_COMMON_KEYS
+from ..engine.lr_policies import POLICIES as LR_POLICIES
+from ..engine.lr_policies import POLICY_KEYS as LR_POLICY_KEYS
 from ..errors import ConfigError
 from ..fileio import atomic_write_text
 from .static_eval import load_python_config
@@ -141,12 +144,6 @@ OBSOLETE_TYPE_ARGS = {
     ("MoCoV2Neck", "sync_bn"): "MoCoV2Neck has no normalisation layer",
     ("BYOL", "pre_conv"): "not an argument of selfsup's BYOL (an option of some OpenSelfSup versions); "
                           "check that the projector layers are the ones intended",
-}
-#: mmcv ``lr_config`` keys ours read (engine.schedules, kept here so that no torch is imported).
-LR_COMMON_KEYS = ("policy", "by_epoch", "warmup", "warmup_iters", "warmup_ratio", "warmup_by_epoch")
-LR_POLICY_KEYS = {
-    "cosineannealing": ("min_lr", "min_lr_ratio"), "cosine": ("min_lr", "min_lr_ratio"),
-    "step": ("step", "gamma", "min_lr"), "fixed": (), "constant": (), "poly": ("power", "min_lr"), "exp": ("gamma",),
 }
 #: Top-level keys of old configs that have no selfsup equivalent.
 DROPPED_TOP = {
@@ -597,12 +594,12 @@ class Migration:
             table["policy"], policy = "CosineAnnealing", "cosineannealing"
             self.note("lr_config.policy StepFixCosineAnnealing -> CosineAnnealing (warmup counts iterations "
                       "either way)")
-        if policy not in LR_POLICY_KEYS:
+        if policy not in LR_POLICIES:
             self.warnings.append(f"lr_config.policy: {table.get('policy')!r} is not a selfsup lr policy "
                                  "(CosineAnnealing, step, Fixed, Poly, Exp); kept as written")
             self.out["lr_config"] = dict(table)
             return
-        accepted = (*LR_COMMON_KEYS, *LR_POLICY_KEYS[policy])
+        accepted = (*LR_COMMON_KEYS, *LR_POLICY_KEYS[LR_POLICIES[policy]])
         out = self.section("lr_config")
         for key, value in table.items():
             if key in accepted:
