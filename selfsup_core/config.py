@@ -212,15 +212,16 @@ def _merge(base: dict[str, Any], child: Mapping[str, Any], path: KeyPath, origin
                     file=file,
                     key=format_key(here),
                 )
-        base[key] = _strip_delete(value)
+        base[key] = strip_delete(value)
         _record(origins, here, base[key], file)
 
 
-def _strip_delete(value: Any) -> Any:
+def strip_delete(value: Any) -> Any:
+    """``value`` with every ``_delete_`` key removed, at any depth (lists and tuples too)."""
     if isinstance(value, dict):
-        return {k: _strip_delete(v) for k, v in value.items() if k != DELETE_KEY}
-    if isinstance(value, list):
-        return [_strip_delete(v) for v in value]
+        return {k: strip_delete(v) for k, v in value.items() if k != DELETE_KEY}
+    if isinstance(value, (list, tuple)):
+        return type(value)(strip_delete(v) for v in value)
     return value
 
 

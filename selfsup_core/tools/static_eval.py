@@ -40,11 +40,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import display_path, read_config_text
+from ..config import DELETE_KEY, display_path, read_config_text, strip_delete
 from ..errors import ConfigError, Problem
 
 BASE_KEY = "_base_"
-DELETE_KEY = "_delete_"
 #: ``{{ _base_.a.b }}``, optionally as the whole content of a quoted string.
 BASE_REF = re.compile(r"""(?P<q>['"]?)\{\{\s*_base_\.(?P<path>[A-Za-z_][\w.]*?)\s*\}\}(?P=q)""")
 _REF_NAME = "__selfsup_base_ref_{}__"
@@ -809,14 +808,5 @@ def merge_into(base: dict[str, Any], child: dict[str, Any], shown: str, path: tu
             base[key] = value
 
 
-def strip_delete(value: Any) -> Any:
-    """``value`` with every ``_delete_`` key removed (recursively)."""
-    if isinstance(value, dict):
-        return {k: strip_delete(v) for k, v in value.items() if k != DELETE_KEY}
-    if isinstance(value, (list, tuple)):
-        return type(value)(strip_delete(v) for v in value)
-    return value
-
-
 __all__ = ["LoadedConfig", "StaticEvalError", "StaticEvaluator", "load_python_config", "merge_into",
-           "restore_base_refs", "strip_delete", "substitute_base_refs"]
+           "restore_base_refs", "substitute_base_refs"]
