@@ -10,7 +10,9 @@ Runs ``selfsup-run CONFIG`` (a real subprocess, the shipped config) with
 - ``--cfg-options`` passed on (e.g. a narrower backbone for a CPU run, said in the record).
 
 and scores raw pixels (the ``Extractor``/``RawPixels`` config) on the same bank and test images,
-the reference a trained backbone has to beat. Prints the figures and writes
+the reference a trained backbone has to beat. With ``--linear`` the trained checkpoint is also
+scored by the linear probe (``selfsup-run eval --evaluator linear``: BN + linear layer on the
+frozen features, SGD, 100 epochs; trained on the bank images, scored on the test images). Prints the figures and writes
 ``benchmarks/results/fashion_mnist_<name>.json`` (``--name``, default: the config's algorithm).
 
     python benchmarks/fashion_mnist_pretrain.py examples/configs/simclr_resnet18_1xb256-coslr-200e_fashion-mnist.toml \
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", default="", help="a sentence saved with the figures (what was changed and why)")
     parser.add_argument("--cfg-options", "--set", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--keep", type=Path, default=None, help="work dir to keep (default: a temporary one)")
+    parser.add_argument("--linear", action="store_true", help="also score the checkpoint with the linear probe")
     parser.add_argument("--raw-pixels", choices=("run", "reference"), default="run",
                         help="score raw pixels on the same images ('run', default) or, for the full protocol "
                              "(--bank-samples 60000 --test-samples 10000), take the figure knn_reference.py "
@@ -135,6 +138,18 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{work}/metrics.jsonl has no evaluation record")
         result = evals[-1]
 
+        linear: dict[str, Any] = {}
+        if args.linear:
+            print("linear probe on the trained backbone ...", flush=True)
+            linear_out = Path(tmp) / "linear.json"
+            linear_cmd = [selfsup_run, "eval", str(derived), "--checkpoint", str(work / "latest.pth"),
+                          "--work-dir", str(Path(tmp) / "linear"), "--out", str(linear_out), "--evaluator", "linear",
+                          *device]
+            if args.cfg_options:
+                linear_cmd += ["--cfg-options", *args.cfg_options]
+            linear_seconds = run(linear_cmd, Path(tmp) / "linear.log")
+            linear = {**json.loads(linear_out.read_text())["results"], "seconds": linear_seconds}
+
         if args.raw_pixels == "reference":
             raw = recorded_raw_pixels()
         else:
@@ -142,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             raw_config = derive_config(RAW_PIXELS, Path(tmp) / "raw.toml", replace=raw_tables)
             raw_out = Path(tmp) / "raw.json"
             run([selfsup_run, "eval", str(raw_config), "--work-dir", str(Path(tmp) / "raw"), "--out", str(raw_out),
-                 "--evaluator", "knn", *device], Path(tmp) / "raw.log")
+                 "--evaluator", "knn", *(["linear"] if args.linear else []), *device], Path(tmp) / "raw.log")
             raw = json.loads(raw_out.read_text())["results"]
         header = next(line for line in (Path(tmp) / "train.log").read_text().splitlines() if line.startswith("selfsup "))
 
@@ -160,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             [str(args.config), "--epochs", str(args.epochs), "--train-samples", str(args.train_samples),
              "--bank-samples", str(args.bank_samples), "--test-samples", str(args.test_samples), *device]
             + (["--raw-pixels", "reference"] if args.raw_pixels == "reference" else [])
+            + (["--linear"] if args.linear else [])
             + (["--cfg-options", *args.cfg_options] if args.cfg_options else [])),
         "note": args.note,
         "run": header,
@@ -170,8 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         "knn_top1": round(float(result["knn_top1"]), 4),
         "knn_top5": round(float(result["knn_top5"]), 4),
         "raw_pixel_knn_top1": round(float(raw["knn_top1"]), 4),
+        **({"linear_top1": round(float(linear["linear_top1"]), 4),
+            "linear_top5": round(float(linear["linear_top5"]), 4),
+            "linear_seconds": round(linear["seconds"], 1),
+            "raw_pixel_linear_top1": round(float(raw["linear_top1"]), 4) if "linear_top1" in raw else None}
+           if linear else {}),
         "raw_pixel_source": ("benchmarks/results/knn_reference.json (same 60000/10000 images)"
                              if args.raw_pixels == "reference" else "scored in this run on the same images"),
+        "batch": int(config.data.get("data", {}).get("samples_per_gpu", 0)),
+        "precision": header.split("precision ", 1)[1].split(",", 1)[0] if "precision " in header else None,
         "train_seconds": round(train_seconds, 1),
         "images_per_s_median": sorted(speed)[len(speed) // 2] if speed else None,
         "mean_loss_by_epoch": epoch_loss,
@@ -186,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{algorithm}: kNN top-1 {figures['knn_top1']:.4f} (raw pixels {figures['raw_pixel_knn_top1']:.4f} on the "
           f"same {args.bank_samples}/{args.test_samples} images) after {args.epochs} epochs on {args.train_samples} "
           f"images in {train_seconds:.0f} s; loss by epoch {epoch_loss}")
+    if linear:
+        print(f"{algorithm}: linear probe top-1 {figures['linear_top1']:.4f} (raw pixels "
+              f"{figures['raw_pixel_linear_top1']}) in {linear['seconds']:.0f} s")
     print(f"wrote {out.relative_to(REPO)}")
     return 0
 

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -225,6 +226,7 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_command_config(args)
     if not args.check:
+        from .engine.settings import read_settings
         from .engine.trainer import Trainer
 
         result = Trainer(
@@ -235,8 +237,7 @@ def _train(args: argparse.Namespace) -> int:
             deterministic=args.deterministic,
             seed=args.seed,
         ).run()
-        print(f"done: epoch {result['epoch']}, iteration {result['iter']}; checkpoint {result['checkpoint']}, "
-              f"metrics {result['work_dir']}/metrics.jsonl")
+        print(run_summary(result, plot_setting=read_settings(config).plot))
         return 0
     validate(config)
     model = build_model(config)
@@ -251,6 +252,45 @@ def _train(args: argparse.Namespace) -> int:
         line += f" with {total:,} parameters ({trainable:,} trainable)"
     print(line)
     return 0
+
+
+def run_summary(result: dict[str, Any], *, plot_setting: bool | str = "auto") -> str:
+    """What a finished training run prints: its last evaluation and where its files are.
+    Draws the curves (``[log_config] plot``; "auto": when matplotlib is installed) first."""
+    from .engine.evaluation import format_results
+    from .engine.logger import METRICS_FILE, format_duration
+
+    work_dir = Path(result["work_dir"])
+    plot, plot_note = _plot_curves(work_dir, plot_setting)
+    lines = [f"done: epoch {result['epoch']}, iteration {result['iter']} "
+             f"in {format_duration(result.get('seconds', float('nan')))}"]
+    evaluation = result.get("eval")
+    if evaluation:
+        scores = {k: v for k, v in evaluation.items() if k not in ("time", "mode", "epoch", "iter", "eval_seconds")
+                  and not k.startswith("best_")}
+        lines.append(f"  evaluation after epoch {evaluation['epoch']}: {format_results(scores)}")
+    lines += [f"  checkpoint  {result['checkpoint']}   (backbone weights: selfsup-run export {work_dir} backbone.pth)",
+              f"  metrics     {work_dir / METRICS_FILE}",
+              f"  curves      {plot}" if plot else f"  curves      not drawn: {plot_note}",
+              f"  config      {work_dir / 'config.toml'}"]
+    return "\n".join(lines)
+
+
+def _plot_curves(work_dir: Path, setting: bool | str) -> tuple[Path | None, str]:
+    """The run's curves PNG, or None and why not; a failure to plot is reported, never
+    raised (the run is trained and saved)."""
+    if setting is False:
+        return None, "[log_config] plot = false"
+    from .tools.plot_log import plot_run
+
+    try:
+        path, _ = plot_run(work_dir)
+    except Exception as exc:  # noqa: BLE001
+        text = describe_exception(exc).splitlines()[0]
+        if "matplotlib" in text:
+            return None, "matplotlib is not installed (pip install matplotlib; then selfsup-run plot-log WORK_DIR)"
+        return None, text
+    return path, ""
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ The names follow MMSelfSup 0.x / MMCV so old configs move over one to one::
     [optimizer_config]  grad_clip = {max_norm, norm_type}, accumulate_steps (update_interval)
     [lr_config]     checked by engine.schedules
     [checkpoint_config] interval, max_keep_ckpts
-    [log_config]    interval, tensorboard, progress
+    [log_config]    interval, tensorboard, progress, plot
     [[hooks]]       trainer hooks (the selfsup.hooks registry)
 
 Every unknown key, wrong type or impossible value is reported with its file and dotted key
@@ -35,7 +35,7 @@ TOP_LEVEL_KEYS = frozenset(
         "log_config", "hooks", "evaluation", "seed", "deterministic", "work_dir", "custom_imports",
     }
 )
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRECISIONS = ("auto", "fastest", "bf16", "fp16", "fp32")
 PROGRESS_STYLES = ("auto", "bar", "lines", "none")
 
 
@@ -66,6 +66,7 @@ class RunSettings:
     log_interval: int = 50
     tensorboard: bool = False
     progress: str = "auto"
+    plot: bool | str = "auto"
 
 
 # (section, key) -> (attribute, accepted python types, check(value) -> error text or None)
@@ -75,6 +76,10 @@ def positive(value: Any) -> str | None:
 
 def non_negative(value: Any) -> str | None:
     return None if value >= 0 else f"must be >= 0, got {value!r}"
+
+
+def _bool_or_auto(value: Any) -> str | None:
+    return None if isinstance(value, bool) or value == "auto" else f"must be true, false or 'auto', got {value!r}"
 
 
 def _one_of(choices: tuple[str, ...]):
@@ -120,7 +125,7 @@ _SCHEMA: dict[tuple[str, str], KeySpec] = {
     ("runner", "max_epochs"): ("max_epochs", INT, positive),
     ("runner", "device"): ("device", (str,), _device),
     ("runner", "precision"): ("precision", (str,), _one_of(PRECISIONS)),
-    ("runner", "channels_last"): ("channels_last", (bool, str), _one_of(("auto",))),
+    ("runner", "channels_last"): ("channels_last", (bool, str), _bool_or_auto),
     ("runner", "compile"): ("compile", (bool, str), _compile),
     ("runner", "cudnn_benchmark"): ("cudnn_benchmark", BOOL, None),
     ("runner", "find_unused_parameters"): ("find_unused_parameters", BOOL, None),
@@ -138,6 +143,7 @@ _SCHEMA: dict[tuple[str, str], KeySpec] = {
     ("log_config", "interval"): ("log_interval", INT, positive),
     ("log_config", "tensorboard"): ("tensorboard", BOOL, None),
     ("log_config", "progress"): ("progress", (str,), _one_of(PROGRESS_STYLES)),
+    ("log_config", "plot"): ("plot", (bool, str), _bool_or_auto),
 }
 #: Keys of trainer sections that hold components or belong to another module.
 _PASSTHROUGH = {("data", "train"), ("data", "val"), ("data", "test")}

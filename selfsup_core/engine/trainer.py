@@ -108,6 +108,7 @@ class Trainer:
         self.hooks: list[tuple[str, Any]] = []
         self._stop_signal: int | None = None
         self._finished = False
+        self.last_eval: dict[str, Any] | None = None
 
     # -- public -----------------------------------------------------------------------------
     @property
@@ -119,6 +120,8 @@ class Trainer:
         ``"train"``; ``epoch`` (1-based, the epoch in progress) and ``iter`` (iterations
         done) are filled in unless given."""
         full = {"mode": "train", "epoch": self.epoch + 1, "iter": self.iter, **record}
+        if full["mode"] == "eval" and "error" not in full:
+            self.last_eval = full
         self.logger.log_metrics(full, step=self.iter)
 
     def replace_sampler(self, sampler: Any) -> None:
@@ -139,7 +142,9 @@ class Trainer:
         self.sampler = sampler
 
     def run(self) -> dict[str, Any]:
-        """Train to ``max_epochs``; returns ``{"work_dir", "epoch", "iter", "checkpoint"}``."""
+        """Train to ``max_epochs``; returns ``{"work_dir", "epoch", "iter", "checkpoint",
+        "seconds", "eval"}``: ``seconds`` of training in this process, ``eval`` the last online
+        evaluation record of this process (None without one)."""
         self._setup()
         try:
             with self._signal_handlers():
@@ -154,7 +159,8 @@ class Trainer:
             raise
         self._teardown()
         return {"work_dir": str(self.work_dir), "epoch": self.epoch, "iter": self.iter,
-                "checkpoint": str(self.work_dir / ckpt.LATEST)}
+                "checkpoint": str(self.work_dir / ckpt.LATEST),
+                "seconds": time.perf_counter() - self._start_time, "eval": self.last_eval}
 
     # -- set-up -----------------------------------------------------------------------------
     def _setup(self) -> None:

@@ -277,6 +277,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def plot_run(work_dir: Path, out: Path | None = None) -> tuple[Path, str]:
+    """Draw ``work_dir``'s curves to ``out`` (default ``work_dir/curves.png``); returns the path
+    and what was drawn. Raises :class:`SelfSupError` when matplotlib is missing or there is
+    nothing to plot. The trainer calls this after the last epoch (``[log_config] plot``)."""
+    log_path = Path(work_dir) / METRICS_FILE
+    out = out or Path(work_dir) / DEFAULT_OUT
+    panels, marks = build_panels(read_log(log_path).records)
+    if not panels:
+        raise SelfSupError(f"{log_path}: no loss, lr or accuracy values to plot")
+    save_atomic(draw(panels, marks, title=Path(work_dir).resolve().name), out)
+    return out, ", ".join(_describe(p) for p in panels)
+
+
 def _describe(panel: Panel) -> str:
     """``lr`` alone (its points are the loss's); the others with their counts."""
     return "lr" if panel.title == "learning rate" else panel.summary()

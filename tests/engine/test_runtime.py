@@ -36,3 +36,12 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_it_is_emulated(monkeypatch: pyt
 
 def test_native_bf16_check_answers_a_bool() -> None:
     assert isinstance(runtime.cpu_has_native_bf16(), bool)
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, None)])
+def test_fastest_takes_bf16_only_where_the_cpu_computes_it_natively(
+        monkeypatch: pytest.MonkeyPatch, native: bool, expected: torch.dtype | None) -> None:
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: native)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # never the "emulated" warning
+        assert runtime.resolve_precision("fastest", CPU) is expected

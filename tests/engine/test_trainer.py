@@ -256,7 +256,7 @@ def test_momentum_update_follows_the_cosine_schedule(write_config, tmp_path):
 def test_trainer_sections_are_validated_with_file_and_key(write_config):
     config = write_config()
     text = config.read_text().replace("max_epochs = 3", "max_epoch = 3\nprecision = 'bf17'")
-    text = text.replace("[log_config]\ninterval = 2", "[log_config]\ninterval = 0")
+    text = text.replace("[log_config]\ninterval = 2", "[log_config]\ninterval = 0\nplot = 'yes'")
     text = "optimiser = 1\n" + text
     config.write_text(text)
     with pytest.raises(ConfigError) as info:
@@ -265,6 +265,7 @@ def test_trainer_sections_are_validated_with_file_and_key(write_config):
     assert "toy.toml: runner.max_epoch: unknown key of [runner]; did you mean 'max_epochs'?" in message
     assert "toy.toml: runner.precision: must be one of" in message and "did you mean 'bf16'?" in message
     assert "toy.toml: log_config.interval: must be >= 1" in message
+    assert "toy.toml: log_config.plot: must be true, false or 'auto', got 'yes'" in message
     assert "toy.toml: optimiser: unknown top-level key; did you mean 'optimizer'?" in message
 
 

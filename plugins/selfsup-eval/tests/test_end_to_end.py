@@ -2,8 +2,10 @@
 and ``tsne`` on the checkpoint, with real selfsup-data components on a small .npz set."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +90,7 @@ batch_size = 32
     work = root / "run"
     result = _selfsup([str(config), "--work-dir", str(work)], env, root)
     assert result.returncode == 0, result.stderr
-    return {"root": root, "config": config, "work": work, "env": env, "stderr": result.stderr}
+    return {"root": root, "config": config, "work": work, "env": env, "stderr": result.stderr, "stdout": result.stdout}
 
 
 def _selfsup(args, env, cwd):
@@ -104,6 +106,22 @@ def test_online_knn_is_logged_every_epoch_with_the_best_value(trained):
     assert "linear_top1" not in evals[0]  # only the online evaluator (KNN) runs during training
     assert evals[1]["best_knn_top1"] == max(r["knn_top1"] for r in evals)
     assert "evaluation after epoch 2: knn_top1" in trained["stderr"]
+
+
+def test_the_run_ends_with_its_last_evaluation_and_where_its_files_are(trained):
+    work = trained["work"]
+    last = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()][-1]
+    lines = trained["stdout"].splitlines()
+    assert re.fullmatch(rf"done: epoch 2, iteration {last['iter']} in \d\d:\d\d", lines[0]), lines[0]
+    assert lines[1] == f"  evaluation after epoch 2: knn_top1 {last['knn_top1']:.4f}, knn_top5 {last['knn_top5']:.4f}"
+    assert lines[2] == f"  checkpoint  {work / 'latest.pth'}   (backbone weights: selfsup-run export {work} backbone.pth)"
+    assert lines[3] == f"  metrics     {work / 'metrics.jsonl'}"
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert lines[4] == f"  curves      {work / 'curves.png'}"
+        assert (work / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert lines[4].startswith("  curves      not drawn: matplotlib is not installed")
+    assert lines[5:] == [f"  config      {work / 'config.toml'}"]
 
 
 def test_eval_scores_the_checkpoint_with_knn_and_a_linear_probe(trained):

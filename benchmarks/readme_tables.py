@@ -1,0 +1,214 @@
+"""The README's results tables, generated from ``benchmarks/results/*.json``.
+
+Two tables sit in README.md between marker comments and are rewritten by
+``python benchmarks/run.py table`` (``--check``: exit 1 when the README differs, which the
+test suite runs, so a results file and the README cannot drift apart):
+
+* ``results:accuracy``: one row per ``[accuracy.<name>]`` entry of ``benchmarks/suite.toml``
+  that has a results file (``fashion_mnist_<name>.json``), plus the raw-pixel reference;
+* ``results:speed``: start-up time, trainer overhead, data-pipeline throughput and GPU
+  images/s, from the files the ``[speed.*]`` entries name.
+
+Every number in them is read from a results file; each row names its file, and the file
+records the command that produced it.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+README = REPO / "README.md"
+MARKERS = ("accuracy", "speed")
+FULL_PROTOCOL = (60000, 60000, 10000)
+
+
+def load_suite(path: Path = REPO / "benchmarks" / "suite.toml") -> dict[str, Any]:
+    from selfsup_core._compat import tomllib
+
+    with path.open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _device(record: dict[str, Any]) -> str:
+    machine = record.get("machine") or {}
+    gpu = machine.get("cuda")
+    precision = record.get("precision") or _precision_from_run(record.get("run", ""))
+    where = gpu if gpu else f"CPU, {machine.get('cpus', '?')} cores"
+    return f"{where}, {precision}" if precision else where
+
+
+def _precision_from_run(header: str) -> str | None:
+    match = re.search(r"precision (\w+)", header)
+    if not match:
+        return None
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(match.group(1), match.group(1))
+
+
+def _batch(record: dict[str, Any]) -> int | None:
+    """The per-process batch: recorded by newer runs, else read from the command's
+    ``data.samples_per_gpu=`` override or the config file."""
+    if record.get("batch"):
+        return int(record["batch"])
+    match = re.search(r"data\.samples_per_gpu=(\d+)", record.get("command", ""))
+    if match:
+        return int(match.group(1))
+    config = record.get("config")
+    if config:
+        from selfsup_core.config import load_config
+
+        return int(load_config(REPO / config).data.get("data", {}).get("samples_per_gpu", 0)) or None
+    return None
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def accuracy_rows(suite: dict[str, Any], results: Path = RESULTS) -> tuple[list[list[str]], list[str]]:
+    """Rows of the accuracy table and the footnotes (protocol, source file and command per row)."""
+    rows, notes = [], []
+    for name, entry in suite.get("accuracy", {}).items():
+        file = results / f"fashion_mnist_{name}.json"
+        record = _read(file)
+        if record is None:
+            continue
+        protocol = (record["train_samples"], record["knn_bank_samples"], record["knn_test_samples"])
+        mark = "" if protocol == FULL_PROTOCOL else "*"
+        config = Path(record["config"]).name
+        rows.append([
+            f"{entry.get('label', name)}{mark}",
+            f"[{config}](examples/configs/{config})" if (REPO / "examples/configs" / config).is_file() else config,
+            str(record["epochs"]),
+            str(_batch(record) or "—"),
+            _fmt(record.get("knn_top1")),
+            _fmt(record.get("linear_top1")),
+            f"{record['train_seconds'] / 60:.1f}",
+            _device(record),
+        ])
+        where = "" if not mark else (
+            f" — {protocol[0]} training images, kNN bank {protocol[1]} / test {protocol[2]}; raw pixels on the "
+            f"same images: kNN {record['raw_pixel_knn_top1']:.4f}")
+        notes.append(f"- {entry.get('label', name)}: [`{_rel(file)}`]({_rel(file)}){where}; "
+                     f"`{record['command']}`")
+    reference = _read(results / "knn_reference.json")
+    if reference is not None:
+        raw = next(r for r in reference["raw_pixel_knn"] if r["features"] == "normalised pixels")
+        rows.append(["Raw pixels (reference)", "[extractor_raw-pixels_fashion-mnist.toml]"
+                     "(examples/configs/extractor_raw-pixels_fashion-mnist.toml)", "—", "—",
+                     _fmt(raw.get("knn_top1")), _fmt(raw.get("linear_top1")), "—", raw.get("device", "cpu").upper()])
+        notes.append(f"- Raw pixels: [`benchmarks/results/knn_reference.json`](benchmarks/results/knn_reference.json); "
+                     f"`{raw['command']}`")
+    return rows, notes
+
+
+def speed_rows(suite: dict[str, Any], results: Path = RESULTS) -> tuple[list[list[str]], list[str]]:
+    """Rows (benchmark, figure, device) of the speed table and their sources."""
+    rows, notes = [], []
+    for name, entry in suite.get("speed", {}).items():
+        file = results / entry["result"]
+        record = _read(file)
+        if record is None:
+            if entry.get("needs") == "cuda":
+                rows.append([name, "not measured yet: needs a GPU (`python benchmarks/run.py speed " + name + "`)",
+                             "—"])
+            continue
+        for figure, device in _speed_figures(name, record):
+            rows.append([name, figure, device])
+        notes.append(f"- {name}: [`{_rel(file)}`]({_rel(file)}); `{record.get('command', '')}`")
+    return rows, notes
+
+
+def _speed_figures(name: str, record: dict[str, Any]) -> Iterable[tuple[str, str]]:
+    if record.get("benchmark") == "startup":
+        med = record["median_seconds"]
+        torch_s = med["python -c 'import torch'"]
+        for command in ("selfsup-run --help", "selfsup-run list"):
+            yield (f"`{command}` {med[command]:.3f} s vs `python -c 'import torch'` {torch_s:.3f} s "
+                   f"({med[command] / torch_s:.2f}x)", f"CPU ({record.get('machine', '')})")
+    elif record.get("benchmark") == "trainer_overhead":
+        yield (f"Trainer {record['trainer_images_per_s']:,.0f} img/s vs plain PyTorch loop "
+               f"{record['plain_images_per_s']:,.0f} img/s (overhead {record['overhead_percent']:+.1f}%; "
+               f"{_overhead_setup(record['setup'])})", record.get("device", ""))
+    elif record.get("benchmark") == "data_throughput":
+        for result in record["results"]:
+            ips = result["images_per_second"]
+            yield (f"SimCLR two-view pipeline, {result['size']} px, batch {result['batch_size']}: workers "
+                   f"{ips['ours-cpu']:,.0f} img/s, batched on the device {ips['ours-device']:,.0f} img/s, "
+                   f"hand-written torchvision {ips['torchvision']:,.0f} img/s",
+                   f"{record.get('device_path_runs_on', '')}, {record.get('workers')} workers")
+    elif "images_per_s" in record:
+        yield (f"ResNet-50 SimCLR, {record.get('size', 224)} px, batch {record.get('batch')}: "
+               f"{record['images_per_s']:,.0f} img/s", (record.get("machine") or {}).get("cuda") or "CPU")
+    else:
+        yield (f"see {name}", "")
+
+
+def _overhead_setup(setup: dict[str, Any]) -> str:
+    arch = "ResNet-50" if setup.get("resnet50") or setup.get("arch") == "resnet50" else f"small conv net w{setup['width']}"
+    return f"{arch}, {setup['size']} px, batch {setup['batch']}, {setup['precision']}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def render(suite: dict[str, Any], results: Path = RESULTS) -> dict[str, str]:
+    """The Markdown of each marked block."""
+    rows, notes = accuracy_rows(suite, results)
+    accuracy = "\n".join([
+        markdown_table(["Method", "Config", "Epochs", "Batch", "kNN top-1", "Linear top-1", "Minutes", "Device"], rows),
+        "",
+        "\\* a shorter protocol (see its source below). kNN: weighted, k = 200, T = 0.1, bank = training images, "
+        "scored on the test images. Linear: BN + linear layer on frozen features, SGD, 100 epochs. "
+        "Minutes: pre-training wall time. Linear top-1 —: that run predates the linear probe in the suite "
+        "(`python benchmarks/run.py accuracy NAME` measures both). Sources:",
+        "",
+        *notes,
+    ])
+    rows, notes = speed_rows(suite, results)
+    speed = "\n".join([markdown_table(["Benchmark", "Figure", "Device"], rows), "", "Sources:", "", *notes])
+    return {"accuracy": accuracy, "speed": speed}
+
+
+def replace_blocks(text: str, blocks: dict[str, str]) -> str:
+    """``text`` with each ``<!-- results:NAME -->`` ... ``<!-- /results:NAME -->`` block replaced."""
+    for name, body in blocks.items():
+        begin, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+        if begin not in text or end not in text:
+            raise SystemExit(f"README.md: the markers {begin} and {end} are missing; add them where the table goes")
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{begin}\n{body}\n{end}{tail}"
+    return text
+
+
+def update_readme(check: bool = False, readme: Path = README) -> bool:
+    """Rewrite the README's tables; with ``check`` only compare. Returns whether it was current."""
+    text = readme.read_text(encoding="utf-8")
+    new = replace_blocks(text, render(load_suite()))
+    if new == text:
+        return True
+    if not check:
+        readme.write_text(new, encoding="utf-8")
+    return False
+
+
+__all__ = ["accuracy_rows", "load_suite", "markdown_table", "render", "replace_blocks", "speed_rows", "update_readme"]
