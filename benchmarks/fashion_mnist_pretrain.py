@@ -25,12 +25,12 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from _subprocess import exit_on_sigterm, run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -64,34 +64,9 @@ def subset_tables(config: Any, train_samples: int, bank_samples: int, test_sampl
     return tables
 
 
-def run(command: list[str], log: Path) -> float:
-    """Run ``command``, its output to ``log``; returns the wall time. Exits with the log's tail on failure."""
-    start = time.perf_counter()
-    with log.open("w") as fh:
-        proc = subprocess.Popen(command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
-        try:
-            proc.wait()
-        except BaseException:  # Ctrl-C, or SIGTERM (see main): stop the training run with us
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-    seconds = time.perf_counter() - start
-    if proc.returncode:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
-        raise SystemExit(f"{' '.join(command)} failed (exit {proc.returncode}):\n{tail}")
-    return seconds
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     # a terminated benchmark must not leave its selfsup-run behind, training into the same work dir
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path)
     parser.add_argument("--epochs", type=int, default=4)

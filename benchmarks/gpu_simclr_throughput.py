@@ -37,12 +37,13 @@ import re
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _subprocess import exit_on_sigterm, run
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -187,31 +188,6 @@ def derive(args: argparse.Namespace, tmp: Path, images: Path, times: int) -> tup
     return derive_config(args.config.resolve(), tmp / "derived.toml", replace=replace, values=values), views
 
 
-def run(command: list[str], log: Path) -> float:
-    """Run ``command``, its output to ``log``; returns the wall time. Exits with the log's tail on failure."""
-    start = time.perf_counter()
-    with log.open("w") as fh:
-        proc = subprocess.Popen(command, cwd=REPO, stdout=fh, stderr=subprocess.STDOUT)
-        try:
-            proc.wait()
-        except BaseException:  # Ctrl-C, or SIGTERM (see main): stop the training run with us
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-    seconds = time.perf_counter() - start
-    if proc.returncode:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
-        raise SystemExit(f"{' '.join(command)} failed (exit {proc.returncode}):\n{tail}")
-    return seconds
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
 def steady_speeds(records: list[dict[str, Any]], warmup: int) -> tuple[list[float], list[float]]:
     """``(all, kept)`` images/s of the ``train`` records: kept leaves out the first ``warmup``."""
     speeds = [float(r["images_per_s"]) for r in records if "images_per_s" in r]
@@ -257,7 +233,7 @@ def write_result(result: dict[str, Any], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     # a terminated benchmark must not leave its selfsup-run behind
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     args = parse_args(argv)
     device = args.device or "cuda"
     device_type = device.split(":")[0]
