@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
              "--bank-samples", str(args.bank_samples), "--test-samples", str(args.test_samples), *device]
             + (["--raw-pixels", "reference"] if args.raw_pixels == "reference" else [])
             + (["--linear"] if args.linear else [])
+            + (["--name", args.name] if args.name else [])
             + (["--cfg-options", *args.cfg_options] if args.cfg_options else [])),
         "note": args.note,
         "run": header,

@@ -153,8 +153,10 @@ def _speed_figures(name: str, record: dict[str, Any]) -> Iterable[tuple[str, str
                    f"hand-written torchvision {ips['torchvision']:,.0f} img/s",
                    f"{record.get('device_path_runs_on', '')}, {record.get('workers')} workers")
     elif "images_per_s" in record:
-        yield (f"ResNet-50 SimCLR, {record.get('size', 224)} px, batch {record.get('batch')}: "
-               f"{record['images_per_s']:,.0f} img/s", (record.get("machine") or {}).get("cuda") or "CPU")
+        views = f" ({record['views_per_s']:,.0f} views/s)" if "views_per_s" in record else ""
+        yield (f"ResNet-50 SimCLR through `selfsup-run`, {record.get('size', 224)} px, batch {record.get('batch')}, "
+               f"{record.get('precision')}: {record['images_per_s']:,.0f} img/s{views}",
+               (record.get("machine") or {}).get("cuda") or "CPU")
     else:
         yield (f"see {name}", "")
 

@@ -11,7 +11,8 @@ tables generated from their results.
   it by kNN and (unless ``--no-linear``) the linear probe, writing
   ``benchmarks/results/fashion_mnist_NAME.json``. The entries hold CPU-sized schedules
   (ResNet-18 at width 16, a few epochs). ``--gpu`` drops their ``--cfg-options`` and runs
-  each config's own network with ``--epochs`` (default 100) instead: the GPU schedule.
+  each config's own network on the full protocol (60k training images, kNN bank 60k, 10k
+  test images) for ``--epochs`` (default 100) epochs instead: the GPU schedule.
 * ``speed``: each ``[speed.NAME]`` script (start-up time, trainer overhead against a plain
   loop, data-pipeline throughput, and on a GPU ResNet-50 trainer overhead and SimCLR
   images/s at 224 px); entries with ``needs = "cuda"`` are skipped without a GPU.
@@ -39,7 +40,7 @@ FULL = (60000, 60000, 10000)
 def accuracy_command(name: str, entry: dict[str, Any], *, linear: bool, device: str | None,
                      gpu_epochs: int | None) -> list[str]:
     """The ``fashion_mnist_pretrain.py`` command line of one accuracy entry."""
-    samples = (entry["train_samples"], entry["bank_samples"], entry["test_samples"])
+    samples = FULL if gpu_epochs else (entry["train_samples"], entry["bank_samples"], entry["test_samples"])
     command = [sys.executable, "benchmarks/fashion_mnist_pretrain.py", entry["config"],
                "--epochs", str(gpu_epochs or entry["epochs"]), "--train-samples", str(samples[0]),
                "--bank-samples", str(samples[1]), "--test-samples", str(samples[2]), "--name", name]

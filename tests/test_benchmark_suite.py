@@ -70,10 +70,11 @@ def test_dry_run_prints_the_pretraining_command_of_an_entry() -> None:
 
 
 def test_gpu_schedule_drops_the_cpu_overrides_and_sets_the_epochs() -> None:
-    proc = run("accuracy", "byol", "--gpu", "--epochs", "50", "--no-linear", "--device", "cuda", "--dry-run")
+    proc = run("accuracy", "mae", "--gpu", "--epochs", "50", "--no-linear", "--device", "cuda", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip()
-    assert "--epochs 50 " in line and "--device cuda" in line
+    assert "--epochs 50 --train-samples 60000 --bank-samples 60000 --test-samples 10000 " in line
+    assert "--device cuda --raw-pixels reference" in line
     assert "--cfg-options" not in line and "--linear" not in line
 
 
