@@ -45,6 +45,7 @@ def _device(record: dict[str, Any]) -> str:
     machine = record.get("machine") or {}
     gpu = machine.get("cuda")
     precision = record.get("precision") or _precision_from_run(record.get("run", ""))
+    precision = {"bfloat16": "bf16", "float16": "fp16"}.get(precision or "", precision)
     where = gpu if gpu else f"CPU, {machine.get('cpus', '?')} cores"
     return f"{where}, {precision}" if precision else where
 
