@@ -25,6 +25,7 @@ The tables are regenerated after ``accuracy``, ``speed`` and ``all``.
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 import time
@@ -50,6 +51,8 @@ def accuracy_command(name: str, entry: dict[str, Any], *, linear: bool, device: 
         command += ["--raw-pixels", "reference"]
     if linear:
         command.append("--linear")
+    if entry.get("note") and not gpu_epochs:
+        command += ["--note", entry["note"]]
     options = [] if gpu_epochs else list(entry.get("cfg_options", []))
     if options:
         command += ["--cfg-options", *options]
@@ -81,7 +84,7 @@ def run_all(commands: list[tuple[str, list[str] | str]], dry_run: bool) -> list[
         if isinstance(command, str):
             print(f"== {name}: skipped ({command})", flush=True)
             continue
-        shown = " ".join(command).replace(sys.executable, "python")
+        shown = shlex.join(["python" if part == sys.executable else part for part in command])
         print(f"== {name}: {shown}", flush=True)
         if dry_run:
             continue

@@ -66,7 +66,10 @@ def test_dry_run_prints_the_pretraining_command_of_an_entry() -> None:
     assert proc.stdout.splitlines() == [
         "== accuracy.simclr-quickstart: python benchmarks/fashion_mnist_pretrain.py "
         "examples/configs/simclr_resnet18-w16_1xb128-coslr-3e_fashion-mnist.toml --epochs 3 --train-samples 60000 "
-        "--bank-samples 60000 --test-samples 10000 --name simclr-quickstart --raw-pixels reference --linear"]
+        "--bank-samples 60000 --test-samples 10000 --name simclr-quickstart --raw-pixels reference --linear --note "
+        "'The quick-start config as shipped (ResNet-18 width 16, batch 128, 3 epochs, LARS lr 4.0, T 0.2, 200 "
+        "warm-up iterations, per-iteration cosine, precision fastest = bf16 on this CPU with native "
+        "AVX512-BF16).'"]
 
 
 def test_gpu_schedule_drops_the_cpu_overrides_and_sets_the_epochs() -> None:
