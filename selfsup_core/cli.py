@@ -237,7 +237,8 @@ def _train(args: argparse.Namespace) -> int:
             deterministic=args.deterministic,
             seed=args.seed,
         ).run()
-        print(run_summary(result, plot_setting=read_settings(config).plot))
+        if result["rank"] == 0:  # one summary (and one plot) per run, not one per process
+            print(run_summary(result, plot_setting=read_settings(config).plot))
         return 0
     validate(config)
     model = build_model(config)

@@ -143,8 +143,8 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train to ``max_epochs``; returns ``{"work_dir", "epoch", "iter", "checkpoint",
-        "seconds", "eval"}``: ``seconds`` of training in this process, ``eval`` the last online
-        evaluation record of this process (None without one)."""
+        "seconds", "eval", "rank"}``: ``seconds`` of training in this process, ``eval`` the last
+        online evaluation record of this process (None without one), ``rank`` this process's."""
         self._setup()
         try:
             with self._signal_handlers():
@@ -160,7 +160,7 @@ class Trainer:
         self._teardown()
         return {"work_dir": str(self.work_dir), "epoch": self.epoch, "iter": self.iter,
                 "checkpoint": str(self.work_dir / ckpt.LATEST),
-                "seconds": time.perf_counter() - self._start_time, "eval": self.last_eval}
+                "seconds": time.perf_counter() - self._start_time, "eval": self.last_eval, "rank": self.rank}
 
     # -- set-up -----------------------------------------------------------------------------
     def _setup(self) -> None:

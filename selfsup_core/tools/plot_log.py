@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
 def plot_run(work_dir: Path, out: Path | None = None) -> tuple[Path, str]:
     """Draw ``work_dir``'s curves to ``out`` (default ``work_dir/curves.png``); returns the path
     and what was drawn. Raises :class:`SelfSupError` when matplotlib is missing or there is
-    nothing to plot. The trainer calls this after the last epoch (``[log_config] plot``)."""
+    nothing to plot. ``selfsup-run`` calls this after training (``[log_config] plot``)."""
     log_path = Path(work_dir) / METRICS_FILE
     out = out or Path(work_dir) / DEFAULT_OUT
     panels, marks = build_panels(read_log(log_path).records)

@@ -3,6 +3,7 @@ gloo processes."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -76,3 +77,21 @@ def test_run_ranks_starts_a_torchrun_like_job_and_reports_a_failing_rank(tmp_pat
     assert len({s[4] for s in seen}) == 1  # one master port for the job
     with pytest.raises(AssertionError, match="rank 1 of rank.py exited with 1"):
         run_ranks(script, tmp_path, 1, world_size=2)
+
+
+def test_a_distributed_cli_run_prints_one_summary_from_rank_0(write_config, tmp_path):
+    from selfsup_core.testing import run_ranks
+
+    config = write_config()
+    script = tmp_path / "cli_rank.py"
+    script.write_text("import os, sys\n"
+                      f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+                      "sys.stdout = open(os.path.join(sys.argv[1], 'stdout' + os.environ['RANK']), 'w')\n"
+                      "from selfsup_core.cli import main\n"
+                      "sys.exit(main(sys.argv[2:]))\n")
+    work = tmp_path / "work"
+    run_ranks(script, tmp_path, config, "--work-dir", work, "--cfg-options", "log_config.plot=false", world_size=2)
+    summary = (tmp_path / "stdout0").read_text().splitlines()
+    assert summary[0].startswith("done: epoch 3, iteration 12 in ")
+    assert summary[-2] == "  curves      not drawn: [log_config] plot = false"
+    assert (tmp_path / "stdout1").read_text() == ""  # rank 1 trains silently
