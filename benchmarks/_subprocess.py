@@ -1,6 +1,7 @@
-"""Running a training or evaluation subprocess from a benchmark script."""
+"""Running a training or evaluation subprocess from a benchmark script, and reading its start-up line."""
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -29,6 +30,14 @@ def run(command: list[str], log: Path) -> float:
         tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
         raise SystemExit(f"{' '.join(command)} failed (exit {proc.returncode}):\n{tail}")
     return seconds
+
+
+def precision_of(header: str) -> str | None:
+    """The precision a ``selfsup-run`` start-up line reports (``bf16``, ``fp16``, ``fp32``)."""
+    match = re.search(r"precision (\w+)", header)
+    if not match:
+        return None
+    return {"bfloat16": "bf16", "float16": "fp16"}.get(match.group(1), match.group(1))
 
 
 def exit_on_sigterm(signum: int, frame: object) -> None:

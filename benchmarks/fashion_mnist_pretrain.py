@@ -30,7 +30,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _subprocess import exit_on_sigterm, run
+from _subprocess import exit_on_sigterm, precision_of, run
+from selfsup_core.fileio import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -170,18 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         "raw_pixel_source": ("benchmarks/results/knn_reference.json (same 60000/10000 images)"
                              if args.raw_pixels == "reference" else "scored in this run on the same images"),
         "batch": int(config.data.get("data", {}).get("samples_per_gpu", 0)),
-        "precision": header.split("precision ", 1)[1].split(",", 1)[0] if "precision " in header else None,
+        "precision": precision_of(header),
         "train_seconds": round(train_seconds, 1),
         "images_per_s_median": sorted(speed)[len(speed) // 2] if speed else None,
         "mean_loss_by_epoch": epoch_loss,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"fashion_mnist_{name}.json"
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(figures, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    atomic_write_text(out, json.dumps(figures, indent=2) + "\n")
     print(f"{algorithm}: kNN top-1 {figures['knn_top1']:.4f} (raw pixels {figures['raw_pixel_knn_top1']:.4f} on the "
           f"same {args.bank_samples}/{args.test_samples} images) after {args.epochs} epochs on {args.train_samples} "
           f"images in {train_seconds:.0f} s; loss by epoch {epoch_loss}")

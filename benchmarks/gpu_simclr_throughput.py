@@ -33,7 +33,6 @@ import json
 import math
 import os
 import platform
-import re
 import shlex
 import signal
 import statistics
@@ -43,7 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _subprocess import exit_on_sigterm, run
+from _subprocess import exit_on_sigterm, precision_of, run
+from selfsup_core.fileio import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -198,14 +198,6 @@ def steady_speeds(records: list[dict[str, Any]], warmup: int) -> tuple[list[floa
     return speeds, kept
 
 
-def precision_of(header: str) -> str | None:
-    """The precision the run's start-up line reports (``bf16``, ``fp16``, ``fp32``)."""
-    match = re.search(r"precision (\w+)", header)
-    if not match:
-        return None
-    return {"bfloat16": "bf16", "float16": "fp16"}.get(match.group(1), match.group(1))
-
-
 def machine_info(device: str) -> dict[str, Any]:
     """Platform, CPU count, torch and the GPU of ``device`` (the first GPU for a CPU run), read
     after the run (this process holds no CUDA context while it trains)."""
@@ -224,11 +216,8 @@ def command_line(argv: list[str] | None) -> str:
 
 
 def write_result(result: dict[str, Any], out: Path) -> None:
-    """Write ``out`` atomically (a ``.tmp`` beside it, then ``os.replace``)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
+    """Write ``out`` atomically (a temporary file beside it, then a rename)."""
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

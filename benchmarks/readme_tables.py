@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from _subprocess import precision_of
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 README = REPO / "README.md"
@@ -44,17 +46,9 @@ def _read(path: Path) -> dict[str, Any] | None:
 def _device(record: dict[str, Any]) -> str:
     machine = record.get("machine") or {}
     gpu = machine.get("cuda")
-    precision = record.get("precision") or _precision_from_run(record.get("run", ""))
-    precision = {"bfloat16": "bf16", "float16": "fp16"}.get(precision or "", precision)
+    precision = precision_of(record.get("run", ""))
     where = gpu if gpu else f"CPU, {machine.get('cpus', '?')} cores"
     return f"{where}, {precision}" if precision else where
-
-
-def _precision_from_run(header: str) -> str | None:
-    match = re.search(r"precision (\w+)", header)
-    if not match:
-        return None
-    return {"bfloat16": "bf16", "float16": "fp16"}.get(match.group(1), match.group(1))
 
 
 def _batch(record: dict[str, Any]) -> int | None:

@@ -35,19 +35,18 @@ from typing import Any
 import readme_tables
 
 REPO = Path(__file__).resolve().parents[1]
-FULL = (60000, 60000, 10000)
 
 
 def accuracy_command(name: str, entry: dict[str, Any], *, linear: bool, device: str | None,
                      gpu_epochs: int | None) -> list[str]:
     """The ``fashion_mnist_pretrain.py`` command line of one accuracy entry."""
-    samples = FULL if gpu_epochs else (entry["train_samples"], entry["bank_samples"], entry["test_samples"])
+    samples = readme_tables.FULL_PROTOCOL if gpu_epochs else (entry["train_samples"], entry["bank_samples"], entry["test_samples"])
     command = [sys.executable, "benchmarks/fashion_mnist_pretrain.py", entry["config"],
                "--epochs", str(gpu_epochs or entry["epochs"]), "--train-samples", str(samples[0]),
                "--bank-samples", str(samples[1]), "--test-samples", str(samples[2]), "--name", name]
     if device:
         command += ["--device", device]
-    if samples == FULL:
+    if samples == readme_tables.FULL_PROTOCOL:
         command += ["--raw-pixels", "reference"]
     if linear:
         command.append("--linear")
