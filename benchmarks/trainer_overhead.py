@@ -35,6 +35,7 @@ from _bench_components import BenchAlgorithm, BenchDataset, Stopwatch  # noqa: E
 
 from selfsup_core.config import Config  # noqa: E402
 from selfsup_core.engine.trainer import Trainer  # noqa: E402
+from selfsup_core.import_paths import allowing  # noqa: E402
 
 
 def make_config(args: argparse.Namespace, device: str) -> dict:
@@ -59,7 +60,7 @@ def make_config(args: argparse.Namespace, device: str) -> dict:
 
 
 def trainer_seconds_per_iter(args: argparse.Namespace, device: str) -> float:
-    with tempfile.TemporaryDirectory() as work_dir:
+    with tempfile.TemporaryDirectory() as work_dir, allowing():  # the config names _bench_components:...
         trainer = Trainer(Config(make_config(args, device), filename="trainer_overhead"), work_dir=work_dir)
         trainer.run()
         watch = next(h for _, h in trainer.hooks if isinstance(h, Stopwatch))

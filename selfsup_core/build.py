@@ -25,6 +25,7 @@ from typing import Any, Literal, Union
 
 import attrs
 
+from . import import_paths as _import_paths
 from . import registry as _registry
 from .config import Config, KeyPath
 from .errors import ConfigError, Problem, SelfSupError, describe_exception, did_you_mean
@@ -76,6 +77,15 @@ class _Planned:
     kwargs: dict[str, Any]
 
 
+@attrs.define
+class _Deferred:
+    """An argument listed in its owner's ``__selfsup_deferred_args__``: checked with the rest,
+    passed as its table (plain data), built by the owner later (e.g. a hook that opens data
+    only when the run starts, so that ``--check`` needs no data on disk)."""
+
+    table: Any
+
+
 class Builder:
     """Validates and builds config tables; collects every problem before raising."""
 
@@ -114,6 +124,8 @@ class Builder:
 
     def construct(self, plan: Any) -> Any:
         """Construct a planned value, innermost components first."""
+        if isinstance(plan, _Deferred):
+            return plan.table
         if isinstance(plan, _Planned):
             kwargs = {k: self.construct(v) for k, v in plan.kwargs.items()}
             try:
@@ -134,7 +146,10 @@ class Builder:
     def _plan_child(self, value: Any, key: str | int, path: KeyPath, owner: Any) -> Any:
         if isinstance(key, str) and key.endswith(RAW_SUFFIX):
             return value
-        return self.plan(value, kind_for_key(key, owner), (*path, key))
+        planned = self.plan(value, kind_for_key(key, owner), (*path, key))
+        if key in (getattr(owner, "__selfsup_deferred_args__", None) or ()):
+            return _Deferred(value)  # validated now; the owner builds it when it needs it (run time)
+        return planned
 
     def _problem(self, path: KeyPath, message: str, cause: BaseException | None = None) -> None:
         self.problems.append(self.config.problem(path, message))
@@ -177,12 +192,22 @@ class Builder:
                           "put it under a key that names its kind (e.g. backbone, neck, head)")
             return None
         if ":" in type_name:  # qualified name or import path: take the first kind that has it
+            if not _import_paths.allowed() and _import_paths.looks_like_import_path(type_name):
+                self._problem(path, _import_paths.refusal(type_name, None))
+                return None
             errors = []
             for candidate in self.registries:
                 try:
                     return self.registries[candidate].lookup(type_name)
                 except SelfSupError as exc:
                     errors.append(exc)
+            if all(isinstance(e, _import_paths.ImportPathRefused) for e in errors):
+                not_a_class = [e for e in errors if "not a class" in str(e)]
+                message = str(not_a_class[0]) if not_a_class else (
+                    f"{type_name!r} names a class which is not a component of any kind here; put it under a key "
+                    "that names its kind (e.g. backbone, dataset, pipeline)")
+                self._problem(path, message)
+                return None
             self._problem(path, str(errors[-1]), errors[-1].__cause__)
             return None
         every = [n for k in self.registries for n in self.registries[k].names()]
@@ -383,7 +408,8 @@ def validate(config: Config, registries: _registry.Registries | None = None) -> 
             type_name = value.get("type")
             if kind:
                 builder.plan(value, kind, path)
-            elif isinstance(type_name, str) and any(type_name in builder.registries[k] for k in builder.registries):
+            elif isinstance(type_name, str) and (any(type_name in builder.registries[k] for k in builder.registries)
+                                                 or _import_paths.looks_like_import_path(type_name)):
                 builder.plan(value, None, path)
             else:
                 for sub_key, sub in value.items():

@@ -2,11 +2,14 @@
 
 ``--help`` and ``list`` import neither torch nor any component module. Every error meant
 for the user ends the command with one line per problem and exit status 2; ``--debug`` (or
-``SELFSUP_DEBUG=1``) shows the traceback instead.
+``SELFSUP_DEBUG=1``) shows the traceback instead. A config whose ``type`` is a dotted import
+path is refused before anything is imported unless the command has ``--allow-import-paths``
+(see :mod:`selfsup_core.import_paths`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -18,7 +21,7 @@ from typing import Any
 from . import __version__
 from . import plugins as _plugins
 from . import registry as _registry
-from .errors import SelfSupError, describe_exception
+from .errors import SelfSupError, describe_exception, unwrap_worker_message
 
 COMMANDS = ("train", "eval", "tsne", "list", "show-config", "export", "import-weights", "migrate", "plot-log",
             "count-params")
@@ -61,6 +64,16 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         action="extend",
         default=[],
         help="override config keys, e.g. model.backbone.depth=18 optimizer.lr=0.3 (values are TOML)",
+    )
+    _add_import_path_argument(parser)
+
+
+def _add_import_path_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow-import-paths",
+        action="store_true",
+        help="let the config's 'type' be a dotted import path 'package.module:Class' (imports that module; "
+             "only classes of the expected kind are built). Without it a config can only name installed components",
     )
 
 
@@ -132,6 +145,8 @@ def _add_tool_parsers(commands: Any) -> None:
     export.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     export.add_argument("--hash", action="store_true",
                         help="append the first 8 hex digits of the file's SHA-256 to its name (torch.hub's check_hash)")
+    export.add_argument("--fallback", action="store_true",
+                        help="if CKPT is damaged, export the newest intact epoch_N.pth of its folder instead (said so)")
     export.add_argument("--json", action="store_true", help="print the report as JSON")
 
     imported = commands.add_parser(
@@ -154,6 +169,7 @@ def _add_tool_parsers(commands: Any) -> None:
     migrate.add_argument("-o", "--out", metavar="NEW", help="the TOML to write (default: print it)")
     migrate.add_argument("--force", action="store_true", help="overwrite NEW if it exists")
     migrate.add_argument("--check", action="store_true", help="then validate and build the converted config")
+    _add_import_path_argument(migrate)
 
     plot = commands.add_parser("plot-log", help="plot loss, lr and kNN accuracy curves of a run's metrics log (PNG)")
     plot.add_argument("work_dir", metavar="WORK_DIR", help="a run's work dir (or its metrics.jsonl)")
@@ -178,10 +194,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     handlers = {"train": _train, "eval": _eval, "tsne": _eval, "list": _list, "show-config": _show_config}
     handler = handlers.get(args.command, _tool)
+    from .import_paths import allowing
+
     try:
         finished = False
         try:
-            result = handler(args)
+            # only ever switches the opt-in on: a nested main() (migrate --check) inherits it
+            with allowing() if getattr(args, "allow_import_paths", False) else contextlib.nullcontext():
+                result = handler(args)
             finished = True
             return result
         finally:
@@ -189,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SelfSupError as exc:
         if debug:
             raise
-        for line in str(exc).splitlines() or [type(exc).__name__]:
+        text = unwrap_worker_message(str(exc)) or str(exc)  # raised in a DataLoader worker: its own message
+        for line in text.splitlines() or [type(exc).__name__]:
             print(f"error: {line}", file=sys.stderr)
         return getattr(exc, "exit_code", EXIT_USAGE)
     except KeyboardInterrupt:
@@ -213,7 +234,29 @@ def load_command_config(args: argparse.Namespace) -> Any:
 
     config = load_config(args.config, args.cfg_options)
     _plugins.get_plugin_manager().hook.selfsup_process_config(config=config)
+    _refuse_import_paths(config)
     return config
+
+
+def _refuse_import_paths(config: Any) -> None:
+    """Unless ``--allow-import-paths`` was given: one problem per ``type`` that is a dotted
+    import path, found by reading the config (nothing is imported)."""
+    from . import import_paths
+    from .errors import ConfigError
+
+    if import_paths.allowed():
+        return
+    found = import_paths.find_in_config(config.data)
+    if found:
+        raise ConfigError([config.problem(path, import_paths.refusal(type_name, _kind_of(path)))
+                           for path, type_name in found])
+
+
+def _kind_of(path: tuple[Any, ...]) -> str | None:
+    from .build import kind_for_key
+
+    keys = [k for k in path[:-1] if isinstance(k, str)]
+    return kind_for_key(keys[-1]) if keys else None
 
 
 def _tool(args: argparse.Namespace) -> int:
@@ -252,6 +295,11 @@ def _train(args: argparse.Namespace) -> int:
         trainable = sum(p.numel() for p in tensors if p.requires_grad)
         line += f" with {total:,} parameters ({trainable:,} trainable)"
     print(line)
+    from .tools.data_paths import data_paths_note
+
+    note = data_paths_note(config.data)
+    if note:
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -9,6 +9,7 @@ config names the file it came from and the dotted key path inside it, e.g.::
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 import attrs
@@ -69,6 +70,29 @@ class DuplicateComponentError(SelfSupError):
 
 class PluginLoadError(SelfSupError):
     """A plugin or component failed to import; the original exception is chained as ``__cause__``."""
+
+
+_WORKER_HEADER = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def unwrap_worker_message(text: str) -> str | None:
+    """The original message inside the text torch's DataLoader gives an exception raised in a
+    worker process (``"Caught X in DataLoader worker process N.\nOriginal Traceback ...
+    pkg.X: <message>"``), or None when ``text`` is not such a text.
+
+    Called by the CLI before printing a :class:`SelfSupError`, and by exception classes that
+    torch rebuilds from that text (``BadSampleError``), so the user sees the one line the
+    worker raised instead of a traceback."""
+    match = _WORKER_HEADER.match(text)
+    if match is None:
+        return None
+    name = match.group(1)
+    lines = text.rstrip("\n").splitlines()
+    for i in range(len(lines) - 1, 0, -1):
+        head, sep, rest = lines[i].partition(": ")
+        if sep and not head.startswith(" ") and (head == name or head.endswith("." + name)):
+            return "\n".join([rest, *lines[i + 1:]])
+    return None
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:

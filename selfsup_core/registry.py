@@ -3,7 +3,9 @@
 A config's ``type`` names a component. It resolves, in this order, to:
 
 * ``"dist-name:Name"`` -- the component ``Name`` provided by that distribution;
-* ``"package.module:Class"`` -- a dotted import path, for one-off experiments;
+* ``"package.module:Class"`` -- a dotted import path, for one-off experiments: refused
+  before anything is imported unless the command line opted in (``--allow-import-paths``,
+  see :mod:`selfsup_core.import_paths`), and then only a class of the kind expected;
 * ``"Name"`` -- the component registered in-process under that name (``register`` with
   ``force=True`` or ``temporary``), else the single installed distribution providing it. Two
   distributions providing it is an error naming both; never a silent choice.
@@ -22,7 +24,8 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ._compat import importlib_metadata
+from . import import_paths as _import_paths
+from .import_paths import ImportPathRefused
 from .discovery import EntryPointInfo, normalize_name, scan_entry_points
 from .errors import (
     DuplicateComponentError,
@@ -249,15 +252,29 @@ class Registry:
         raise UnknownComponentError(self.kind, type_name, [f"{dist}:{n}" for n in offered], hint=hint)
 
     def _lookup_import_path(self, type_name: str) -> Component:
-        component = Component.from_object(self.kind, type_name, type_name, IMPORT_PATH)
+        """A component for ``"package.module:Class"``: refused before any import unless import
+        paths are allowed (:func:`selfsup_core.import_paths.allowing`); then imported and
+        accepted only as a class of this registry's kind."""
+        prefix = type_name.partition(":")[0]
+        if _is_installed_distribution(prefix):
+            hint = f" (distribution {prefix!r} provides no {self.kind} of that name)"
+            raise UnknownComponentError(self.kind, type_name, (), hint=hint)
+        if not _import_paths.allowed():
+            raise ImportPathRefused(_import_paths.refusal(type_name, self.kind))
+        kind = self.kind
+
+        def load() -> Any:
+            obj = import_object(type_name)
+            _import_paths.check_class(obj, kind, type_name)
+            return obj
+
+        component = Component(self.kind, type_name, IMPORT_PATH, "", type_name, load)
         try:
             component.load()
         except PluginLoadError as exc:
-            prefix = type_name.partition(":")[0]
-            if _is_installed_distribution(prefix):
-                hint = f" (distribution {prefix!r} provides no {self.kind} of that name)"
-            else:
-                hint = f": cannot import it ({describe_exception(exc.__cause__)})"
+            if isinstance(exc.__cause__, ImportPathRefused):
+                raise exc.__cause__ from None
+            hint = f": cannot import it ({describe_exception(exc.__cause__)})"
             raise UnknownComponentError(self.kind, type_name, (), hint=hint) from exc.__cause__
         return component
 
@@ -310,11 +327,7 @@ class Registry:
 
 
 def _is_installed_distribution(name: str) -> bool:
-    try:
-        importlib_metadata.distribution(name)
-    except importlib_metadata.PackageNotFoundError:
-        return False
-    return True
+    return _import_paths.is_installed_distribution(name)
 
 
 def _is_module_path(text: str) -> bool:

@@ -526,8 +526,8 @@ def test_mmselfsup_hooks_and_schedules(tmp_path, capsys):
          "initial": True, "interval": 1},
     ]
     assert "optimizer_config" not in data
-    assert data["lr_config"] == {"policy": "CosineAnnealing", "min_lr": 0.0, "by_epoch": False, "warmup": "linear",
-                                 "warmup_iters": 10, "warmup_ratio": 1e-4, "warmup_by_epoch": True}
+    assert data["lr_config"] == {"policy": "StepFixCosineAnnealing", "min_lr": 0.0, "by_epoch": False,
+                                 "warmup": "linear", "warmup_iters": 10, "warmup_ratio": 1e-4, "warmup_by_epoch": True}
     drops = dropped(stderr)
     assert drops["custom_hooks.0.priority"] == "hooks run in their [[hooks]] order"
     assert drops["custom_hooks.0.interval"] == "not an argument of SwAVHook"
@@ -587,7 +587,7 @@ def test_momentum_interval_in_optimizer_steps(tmp_path, capsys):
 
 
 def test_mmselfsup_old_defaults_extractor_and_sampling(tmp_path, capsys):
-    """MMSelfSup 0.x: DeepCluster without with_sobel (False there, True here), a MoCo v3
+    """MMSelfSup 0.x: DeepCluster without with_sobel (True there, as here), a MoCo v3
     VisionTransformer (always sin-cos there), the DeepClusterHook extractor's imgs_per_gpu and
     ODC's data.sampling_replace."""
     write(tmp_path / "dc.py", """
@@ -610,10 +610,11 @@ def test_mmselfsup_old_defaults_extractor_and_sampling(tmp_path, capsys):
                                                    init_cfg=dict(type='Pretrained', checkpoint='w.pth')))
     """)
     data, _, stderr = migrate(capsys, tmp_path / "dc.py", tmp_path / "dc.toml")
-    assert data["model"]["with_sobel"] is False
+    assert data["model"]["with_sobel"] is True  # MMSelfSup 0.x's DeepCluster default, written out
+    assert "note: model.with_sobel = true: MMSelfSup 0.x's DeepCluster built the Sobel layer by default" in stderr
     assert data["hooks"][0]["extractor"] == {"samples_per_gpu": 128, "workers_per_gpu": 8}
-    assert data["data"] == {"samples_per_gpu": 64, "workers_per_gpu": 4}
-    assert dropped(stderr)["data.sampling_replace"].startswith("sampling with replacement is not supported")
+    assert data["data"] == {"samples_per_gpu": 64, "replace": True, "workers_per_gpu": 4}
+    assert "note: data.sampling_replace -> data.replace (sampling with replacement)" in stderr
     data, _, _ = migrate(capsys, tmp_path / "sobel.py", tmp_path / "sobel.toml")
     assert data["model"]["with_sobel"] is True and data["model"]["backbone"]["in_channels"] == 2
     data, _, stderr = migrate(capsys, tmp_path / "vit.py", tmp_path / "vit.toml")

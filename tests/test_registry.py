@@ -114,12 +114,21 @@ def test_unknown_name_suggests_the_closest(selfsup_site):
         backbones.lookup("nowhere-dist:ResNet")
 
 
-def test_dotted_import_path(selfsup_registries):
+def test_dotted_import_path_only_with_the_opt_in_and_only_a_class_of_the_kind(selfsup_registries):
+    from selfsup_core.import_paths import ImportPathRefused, allowing
+
     necks = selfsup_registries["necks"]
-    assert necks.get("collections:OrderedDict").__name__ == "OrderedDict"
-    assert necks.lookup("collections:OrderedDict").dist == registry.IMPORT_PATH
-    with pytest.raises(UnknownComponentError, match="cannot import it"):
-        necks.get("collections:NoSuchThing")
+    with pytest.raises(ImportPathRefused, match="pass --allow-import-paths"):
+        necks.get("torch.nn:Identity")
+    with allowing():
+        assert necks.get("torch.nn:Identity").__name__ == "Identity"
+        assert necks.lookup("torch.nn:Identity").dist == registry.IMPORT_PATH
+        with pytest.raises(ImportPathRefused, match="is not a torch.nn.Module subclass"):
+            necks.get("collections:OrderedDict")
+        with pytest.raises(ImportPathRefused, match="not a class"):
+            necks.get("os:system")
+        with pytest.raises(UnknownComponentError, match="cannot import it"):
+            necks.get("collections:NoSuchThing")
 
 
 def test_qualified_name_of_a_distribution_without_that_kind(selfsup_site):

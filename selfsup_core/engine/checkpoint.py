@@ -5,7 +5,13 @@ loads with ``weights_only=True``::
 
     {"meta": {"epoch", "iter", "inner_iter", "world_size", "seed", "selfsup_version", "time"},
      "state_dict": model, "optimizer": ..., "lr_schedule": ..., "scaler": ...,
-     "rng": [per-rank RNG states], "hooks": {hook name: state}}
+     "rng": [per-rank RNG states], "hooks": {hook name: state},
+     "checksum": "sha256:<hex>"}
+
+``checksum`` is the SHA-256 of every other entry (:mod:`selfsup_core.engine.checksum`):
+:func:`atomic_save` adds it, :func:`load` verifies it, so bytes changed on disk after the
+write are refused in one line even where ``torch.load`` happens to succeed. Checkpoints
+without one (older, or from another framework) load as before.
 
 Writes go to a temporary file in the same directory, are fsync'ed, then renamed over the
 target, so a crash mid-write never leaves a half-written ``latest.pth``.
@@ -24,6 +30,7 @@ import torch
 
 from ..errors import SelfSupError
 from ..fileio import atomic_write
+from .checksum import CHECKSUM_KEY, ChecksumMismatch, add_checksum, verify_checksum
 
 LATEST = "latest.pth"
 _EPOCH_FILE = re.compile(r"epoch_(\d+)\.pth")
@@ -34,8 +41,18 @@ class CheckpointError(SelfSupError):
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to ``path`` through a temporary file, fsync and rename."""
+    """``torch.save`` to ``path`` through a temporary file, fsync and rename.
+
+    A training checkpoint (a dict with ``meta`` and ``state_dict`` entries) is saved with its
+    ``checksum`` entry added; anything else (exported weights, a bare state dict) as it is."""
+    if is_training_checkpoint(obj):
+        obj = add_checksum(obj)
     atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def is_training_checkpoint(obj: Any) -> bool:
+    """Whether ``obj`` is a training checkpoint dict (``meta`` and ``state_dict`` entries)."""
+    return isinstance(obj, dict) and isinstance(obj.get("meta"), dict) and "state_dict" in obj
 
 
 def load(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
@@ -59,7 +76,24 @@ def load(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, A
         ) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
+    check_integrity(state, path)
+    state.pop(CHECKSUM_KEY, None)
     return state
+
+
+def check_integrity(state: Any, path: str | os.PathLike[str]) -> bool:
+    """Verify the ``checksum`` entry of a loaded checkpoint ``state`` read from ``path``.
+
+    Returns True when it matched, False when the checkpoint has none (nothing to check);
+    raises :class:`CheckpointError` (one line naming ``path``) when it does not match."""
+    if not isinstance(state, dict):
+        return False
+    try:
+        return verify_checksum(state)
+    except ChecksumMismatch as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged: {exc}; use another checkpoint of the run (epoch_*.pth)"
+        ) from exc
 
 
 def _short(exc: BaseException) -> str:
@@ -134,7 +168,9 @@ __all__ = [
     "CheckpointError",
     "LATEST",
     "atomic_save",
+    "check_integrity",
     "find_latest",
+    "is_training_checkpoint",
     "list_epoch_checkpoints",
     "load",
     "prune",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+import signal
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -24,7 +25,9 @@ class SeededSampler(Sampler):
     The order is a permutation seeded by ``(seed, epoch)`` and split across ranks like
     ``DistributedSampler`` (padded to a multiple of ``num_replicas``, or truncated when
     ``drop_last``). ``start`` skips the first samples of this rank's share for a resumed
-    epoch. Yields ``(index, sample_seed)`` pairs.
+    epoch. ``replace=True`` draws the epoch's ``length`` indices uniformly with replacement
+    instead (MMSelfSup 0.x's ``sampling_replace``, used by ODC). Yields ``(index,
+    sample_seed)`` pairs.
     """
 
     def __init__(
@@ -36,9 +39,11 @@ class SeededSampler(Sampler):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
+        replace: bool = False,
     ) -> None:
         self.length, self.num_replicas, self.rank = length, num_replicas, rank
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.replace = replace
         self.epoch = 0
         self.start = 0
         if drop_last and length % num_replicas:
@@ -54,7 +59,10 @@ class SeededSampler(Sampler):
     def _permutation(self) -> tuple[torch.Tensor, torch.Tensor]:
         generator = torch.Generator()
         generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.length, generator=generator) if self.shuffle else torch.arange(self.length)
+        if self.replace and self.shuffle:
+            order = torch.randint(0, self.length, (self.length,), generator=generator)
+        else:
+            order = torch.randperm(self.length, generator=generator) if self.shuffle else torch.arange(self.length)
         seeds = torch.randint(0, 2**62, (self.total_size,), generator=generator)
         if self.total_size > self.length:  # pad by repeating from the start, like DistributedSampler
             repeats = math.ceil(self.total_size / self.length)
@@ -132,20 +140,24 @@ def build_loader(
     persistent_workers: bool,
     prefetch_factor: int | None,
     shuffle: bool = True,
+    replace: bool = False,
 ) -> tuple[DataLoader, SeededSampler]:
     """The training DataLoader and its sampler (call ``sampler.set_epoch`` every epoch).
 
     ``shuffle=False`` (evaluation): rank ``r`` of ``W`` gets positions ``r, r + W, ...`` of
     the dataset in order, padded by repeating the first samples to equal shares.
+    ``replace=True`` (``[data] replace``): each epoch samples with replacement.
     """
     sampler = SeededSampler(
-        len(dataset), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+        len(dataset), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last,
+        replace=replace,
     )
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["persistent_workers"] = persistent_workers
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
+        kwargs["worker_init_fn"] = IgnoreStopSignals(getattr(dataset, "worker_init_fn", None))
     collate = getattr(dataset, "collate_fn", None)
     if collate is not None:
         kwargs["collate_fn"] = collate
@@ -162,6 +174,52 @@ def build_loader(
         **kwargs,
     )
     return loader, sampler
+
+
+def shut_down_workers(batches: Any, loader: Any) -> None:
+    """Stop the worker processes of a loader iterator that an error left behind.
+
+    The workers ignore SIGTERM (``IgnoreStopSignals``), so multiprocessing's exit handler,
+    which terminates daemonic children and then waits for them, would wait forever for an
+    iterator still referenced at exit (by a traceback, for instance). This asks them to end
+    the way the iterator itself does when it is deleted. ``batches`` may be None or a
+    single-process iterator (nothing to do)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()
+    if getattr(loader, "_iterator", None) is batches:
+        loader._iterator = None  # a persistent-workers loader would otherwise hand it out again
+
+
+def loader_batches(loader: Any) -> Iterator[Any]:
+    """Iterate over ``loader``; when loading a batch fails, stop its worker processes before
+    the error goes on (see ``shut_down_workers``). For loops outside the training loop
+    (feature extraction, evaluation)."""
+    batches = iter(loader)
+    try:
+        yield from batches
+    except BaseException:
+        shut_down_workers(batches, loader)
+        raise
+
+
+class IgnoreStopSignals:
+    """A loader's ``worker_init_fn``: the worker ignores SIGTERM and SIGINT, then calls
+    ``then(worker_id)`` (the dataset's own ``worker_init_fn``, if any).
+
+    ``timeout``, Slurm's ``scancel``, systemd and Ctrl-C signal the whole process group; the
+    workers must outlive the signal so that the main process can finish its step and save a
+    checkpoint (the workers end with it). Picklable, for the ``spawn`` start method.
+    """
+
+    def __init__(self, then: Any = None) -> None:
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if self.then is not None:
+            self.then(worker_id)
 
 
 def device_transform_of(dataset: Any, device: torch.device) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 POLICIES = {
     "cosineannealing": "CosineAnnealing",
     "cosine": "CosineAnnealing",
+    "stepfixcosineannealing": "StepFixCosineAnnealing",
     "step": "Step",
     "fixed": "Fixed",
     "constant": "Fixed",
@@ -17,6 +18,7 @@ COMMON_KEYS = ("policy", "by_epoch", "warmup", "warmup_iters", "warmup_ratio", "
 #: Keys each canonical policy reads besides :data:`COMMON_KEYS`.
 POLICY_KEYS = {
     "CosineAnnealing": ("min_lr", "min_lr_ratio"),
+    "StepFixCosineAnnealing": ("min_lr", "min_lr_ratio"),
     "Step": ("step", "gamma", "min_lr"),
     "Fixed": (),
     "Poly": ("power", "min_lr"),

@@ -4,7 +4,7 @@ and momentum schedules for EMA teachers.
 ::
 
     [lr_config]
-    policy = "CosineAnnealing"   # "CosineAnnealing", "step", "Fixed" / "constant", "Poly", "Exp"
+    policy = "CosineAnnealing"   # "CosineAnnealing", "StepFixCosineAnnealing", "step", "Fixed" / "constant", "Poly", "Exp"
     min_lr = 0.0                 # or min_lr_ratio = 1e-3 (a fraction of each group's base lr)
     by_epoch = true              # true: the lr changes once per epoch; false: every iteration
     warmup = "linear"            # "linear", "constant", "exp"; absent, "none" or false: no warmup
@@ -18,6 +18,13 @@ iteration; ``max_progress`` is ``max_epochs`` or ``max_epochs * iters_per_epoch`
 * ``CosineAnnealing`` (``min_lr`` or ``min_lr_ratio``; neither means ``min_lr = 0``):
   ``target + 0.5 * (base - target) * (1 + cos(pi * progress / max_progress))`` with
   ``target = min_lr`` or ``base * min_lr_ratio``;
+* ``StepFixCosineAnnealing`` (MMSelfSup 0.x's ``StepFixCosineAnnealingLrUpdaterHook``; same
+  keys as ``CosineAnnealing``): the cosine starts after the warmup instead of at 0. With a
+  warmup of ``W`` iterations (``E = W // iters_per_epoch`` epochs with ``by_epoch = true``),
+  ``progress`` and ``max_progress`` both lose ``W`` (or ``E``), so the regular lr inside the
+  warmup is the cosine at a *negative* progress (as in 0.x); without a warmup it is
+  ``CosineAnnealing``. Its ``linear`` warmup ignores ``warmup_ratio`` (0.x's override):
+  ``regular * i / W``; ``constant`` and ``exp`` use it as below;
 * ``step`` (``step`` = a list of epochs (iterations with ``by_epoch = false``) or one
   interval, ``gamma = 0.1``, optional ``min_lr`` floor): ``base * gamma ** k`` with ``k``
   the number of listed steps ``<= progress`` (or ``progress // step``);
@@ -130,7 +137,11 @@ class LrSchedule:
         o = self.options
         if self.policy == "Fixed":
             return base_lr
-        if self.policy == "CosineAnnealing":
+        if self.policy == "StepFixCosineAnnealing" and self.warmup is not None:
+            # 0.x removes the warmup from both ends: the cosine starts when the warmup ends.
+            shift = self.warmup_iters // self.iters_per_epoch if self.by_epoch else self.warmup_iters
+            progress, max_progress = progress - shift, max_progress - shift
+        if self.policy in ("CosineAnnealing", "StepFixCosineAnnealing"):
             if o.get("min_lr_ratio") is not None:
                 target = base_lr * o["min_lr_ratio"]
             else:
@@ -161,6 +172,8 @@ class LrSchedule:
             return regular
         if self.warmup == "constant":
             return regular * self.warmup_ratio
+        if self.warmup == "linear" and self.policy == "StepFixCosineAnnealing":
+            return regular * (iteration / self.warmup_iters)  # 0.x ignores warmup_ratio here
         if self.warmup == "linear":
             k = (1 - iteration / self.warmup_iters) * (1 - self.warmup_ratio)
             return regular * (1 - k)
@@ -247,7 +260,7 @@ def build_lr_schedule(
     raw_policy = cfg.get("policy", "Fixed")
     policy = POLICIES.get(raw_policy.lower()) if isinstance(raw_policy, str) else None
     if policy is None:
-        names = ["CosineAnnealing", "step", "Fixed", "constant", "Poly", "Exp"]
+        names = ["CosineAnnealing", "StepFixCosineAnnealing", "step", "Fixed", "constant", "Poly", "Exp"]
         hint = did_you_mean(str(raw_policy), [*names, "cosine"]) or f"; policies are {', '.join(names)}"
         problem(("policy",), f"unknown lr policy {raw_policy!r}{hint}")
         raise ConfigError(problems)
@@ -292,7 +305,7 @@ def build_lr_schedule(
         problem(("warmup_ratio",), f"must be in (0, 1], got {warmup_ratio!r}")
 
     options: dict[str, Any] = {}
-    if policy == "CosineAnnealing":
+    if policy in ("CosineAnnealing", "StepFixCosineAnnealing"):
         min_lr = number("min_lr", None)
         ratio = number("min_lr_ratio", None)
         if min_lr is not None and ratio is not None:
@@ -300,6 +313,11 @@ def build_lr_schedule(
         options = {"min_lr": min_lr} if ratio is None else {"min_lr_ratio": ratio}
         if min_lr is None and ratio is None:
             options = {"min_lr": 0.0}
+        if policy == "StepFixCosineAnnealing" and warmup is not None and _is_num(warmup_iters):
+            warm = warmup_iters * iters_per_epoch if warmup_by_epoch else warmup_iters
+            if by_epoch and warm // iters_per_epoch >= max_epochs or warm >= max_epochs * iters_per_epoch:
+                problem(("warmup_iters",), "the warmup must end before the run does (StepFixCosineAnnealing "
+                        "anneals over the rest); lower warmup_iters")
     elif policy == "Step":
         step = cfg.get("step")
         if step is None:

@@ -6,7 +6,7 @@ The names follow MMSelfSup 0.x / MMCV so old configs move over one to one::
     [runner]        max_epochs, device, precision, channels_last, compile, cudnn_benchmark,
                     find_unused_parameters
     [data]          samples_per_gpu, workers_per_gpu, drop_last, pin_memory,
-                    persistent_workers, prefetch_factor, train (the dataset table)
+                    persistent_workers, prefetch_factor, replace, train (the dataset table)
     [optimizer]     checked by engine.optim
     [optimizer_config]  grad_clip = {max_norm, norm_type}, accumulate_steps (update_interval)
     [lr_config]     checked by engine.schedules
@@ -59,6 +59,7 @@ class RunSettings:
     pin_memory: bool | str = "auto"
     persistent_workers: bool = False
     prefetch_factor: int | None = None
+    replace: bool = False
     grad_clip: dict[str, Any] | None = None
     accumulate_steps: int = 1
     checkpoint_interval: int = 1
@@ -135,6 +136,7 @@ _SCHEMA: dict[tuple[str, str], KeySpec] = {
     ("data", "pin_memory"): ("pin_memory", (bool, str), _one_of(("auto",))),
     ("data", "persistent_workers"): ("persistent_workers", BOOL, None),
     ("data", "prefetch_factor"): ("prefetch_factor", INT, positive),
+    ("data", "replace"): ("replace", BOOL, None),
     ("optimizer_config", "grad_clip"): ("grad_clip", (dict, type(None)), _grad_clip),
     ("optimizer_config", "accumulate_steps"): ("accumulate_steps", INT, positive),
     ("optimizer_config", "update_interval"): ("accumulate_steps", INT, positive),

@@ -29,12 +29,14 @@ from ..config import Config
 from ..errors import ConfigError, SelfSupError, describe_exception
 from . import checkpoint as ckpt
 from . import dist
-from .data import batch_size_of, build_loader, device_transform_of, images_to_channels_last, to_device
+from .data import (batch_size_of, build_loader, device_transform_of, images_to_channels_last, shut_down_workers,
+                   to_device)
 from .logger import RunLogger
 from .runtime import (
     device_type_of, resolve_device, resolve_precision, revert_sync_batchnorm, seed_everything, use_channels_last,
 )
 from .settings import RunSettings, read_settings
+from .workdir import WorkDir
 
 RUN_MARKERS = (ckpt.LATEST, "metrics.jsonl")
 
@@ -52,6 +54,15 @@ class RunInterrupted(SelfSupError):
         self.exit_code = 128 + signum
 
 
+class PluginHookError(SelfSupError):
+    """A plugin's hook implementation raised during the run; its message names the plugin and
+    the hook, and where a checkpoint of the last complete state was saved."""
+
+
+#: Hooks called inside the training loop: a failure there leaves a state worth saving.
+_LOOP_HOOKS = ("selfsup_before_epoch", "selfsup_before_iter", "selfsup_after_iter", "selfsup_after_epoch")
+
+
 class Trainer:
     """Runs one training job described by a config.
 
@@ -59,7 +70,9 @@ class Trainer:
         config: the resolved config (see :mod:`selfsup_core.engine.settings` for the
             trainer's tables; ``[model]`` and ``[data.train]`` are components).
         work_dir: where checkpoints, ``metrics.jsonl`` and ``config.toml`` go; default: the
-            config's ``work_dir``, else ``work_dirs/<config file stem>``.
+            config's ``work_dir``, else ``work_dirs/<config file stem>``. Locked for the run's
+            lifetime (:mod:`selfsup_core.engine.workdir`); a run that fails before its first
+            iteration removes what it created there.
         resume: a checkpoint path, ``"auto"`` (the work dir's latest checkpoint; a fresh run
             when there is none) or None. A work dir that already holds a run is refused
             without it.
@@ -145,19 +158,31 @@ class Trainer:
         """Train to ``max_epochs``; returns ``{"work_dir", "epoch", "iter", "checkpoint",
         "seconds", "eval", "rank"}``: ``seconds`` of training in this process, ``eval`` the last
         online evaluation record of this process (None without one), ``rank`` this process's."""
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            self._teardown()
+            self._clean_up_failed_start()
+            raise
         try:
             with self._signal_handlers():
                 self.plugin_manager.hook.selfsup_before_run(runner=self)
                 self._train()
                 self.plugin_manager.hook.selfsup_after_run(runner=self)
         except BaseException as exc:
+            error = self._hook_failure(exc)
+            shut_down_workers(getattr(self, "_batches", None), self.data_loader)
             try:
                 self.plugin_manager.hook.selfsup_on_exception(runner=self, exception=exc)
             finally:
                 self._teardown()
+                self._clean_up_failed_start()
+            if error is not None:
+                raise error from exc
             raise
         self._teardown()
+        if getattr(self, "_work", None) is not None:
+            self._work.close()
         return {"work_dir": str(self.work_dir), "epoch": self.epoch, "iter": self.iter,
                 "checkpoint": str(self.work_dir / ckpt.LATEST),
                 "seconds": time.perf_counter() - self._start_time, "eval": self.last_eval, "rank": self.rank}
@@ -217,6 +242,7 @@ class Trainer:
             pin_memory=pin,
             persistent_workers=settings.persistent_workers,
             prefetch_factor=settings.prefetch_factor,
+            replace=settings.replace,
         )
         self.iters_per_epoch = len(self.data_loader)
         if self.iters_per_epoch == 0:
@@ -258,14 +284,19 @@ class Trainer:
                 f"{len(self.dataset)} samples, {self.iters_per_epoch} iterations/epoch, work dir {self.work_dir}")
 
     def _prepare_work_dir(self) -> Path | None:
-        """Create the work dir, refuse to clobber a run, and find the checkpoint to resume."""
+        """Create and lock the work dir (main process), refuse to clobber a run, check that
+        the folder is writable, remove stale temporary files, and find the checkpoint to resume."""
         work_dir = self.work_dir
         resume = self.resume
         if resume is not None and resume != "auto":
             path = Path(resume)
             if not path.is_file():
                 raise ckpt.CheckpointError(f"--resume {resume}: no such checkpoint file")
-            found: Path | None = path
+        if self.dist.is_main:
+            self._work = WorkDir(work_dir)
+            self._work.open()  # the lock first: a run still going is named, not mistaken for a finished one
+        if resume is not None and resume != "auto":
+            found: Path | None = Path(resume)
         elif resume == "auto":
             found = ckpt.find_latest(work_dir)
         else:
@@ -276,9 +307,21 @@ class Trainer:
                     f"work dir {work_dir} already holds a run ({existing[0]}); continue it with --resume "
                     "(or --resume auto), or pass --work-dir NEW_DIR for a new run; nothing was changed")
         if self.dist.is_main:
-            work_dir.mkdir(parents=True, exist_ok=True)
+            self._work.check_writable()
+            self._work.remove_stale_temporaries()
         dist.barrier()
         return found
+
+    def _clean_up_failed_start(self) -> None:
+        """Release the work dir; when this process has not finished one training iteration,
+        first remove what the run created (see :meth:`WorkDir.clean_up`)."""
+        work = getattr(self, "_work", None)
+        if work is None:
+            return
+        started = getattr(self, "_start_iter", None)
+        if started is None or self.iter == started:
+            work.clean_up()
+        work.close()
 
     # -- the loop ---------------------------------------------------------------------------
     def _train(self) -> None:
@@ -302,7 +345,8 @@ class Trainer:
             window = _Window(device)
             epoch_window = _Window(device)
             tick = time.perf_counter()
-            for batch in self.data_loader:
+            self._batches = iter(self.data_loader)
+            for batch in self._batches:
                 hook.selfsup_before_iter(runner=self)
                 images = batch_size_of(batch) * self.world_size
                 batch = to_device(batch, device, non_blocking)
@@ -311,11 +355,16 @@ class Trainer:
                         batch = self.device_transform(batch)
                 if self.channels_last:
                     batch = images_to_channels_last(batch)
-                group_start = (self.inner_iter // accumulate) * accumulate
-                group_size = min(accumulate, self.iters_per_epoch - group_start)
-                self.is_update_step = self.inner_iter + 1 == group_start + group_size
-                if self.inner_iter == group_start:
-                    self.lr_schedule.step(self.iter)
+                # Accumulation groups count GLOBAL iterations (0.x's every_n_iters): a group may
+                # span an epoch boundary; only the run's last group can be shorter (its loss is
+                # divided by its own size and it steps, where 0.x drops it). The lr is set every
+                # iteration, so a step uses the lr of its last iteration, as under mmcv. A run
+                # resumed inside a group (an epoch ended mid-group) steps at the group's end with
+                # the gradients of the iterations after the resume only.
+                group_start = (self.iter // accumulate) * accumulate
+                group_size = min(accumulate, self.max_iters - group_start)
+                self.is_update_step = self.iter + 1 == group_start + group_size
+                self.lr_schedule.step(self.iter)
                 sync = self.is_update_step or not dist.is_distributed()
                 with (nullcontext() if sync else self.ddp_model.no_sync()):
                     with autocast:
@@ -440,6 +489,42 @@ class Trainer:
             return True
         return False
 
+    def _hook_failure(self, exc: BaseException) -> PluginHookError | None:
+        """When ``exc`` came out of a plugin's hook implementation: save a checkpoint of the
+        last complete state (inside the training loop, one process) and return the one-line
+        error naming the plugin and the hook; None for any other exception.
+
+        After ``selfsup_after_iter`` the iteration's optimisation step is done, so it counts
+        as done; ``selfsup_after_epoch`` saves the epoch as trained, and a resumed run calls
+        that hook again before the next epoch."""
+        if isinstance(exc, (RunInterrupted, NonFiniteLossError)) or not isinstance(exc, Exception):
+            return None
+        found = _failing_hook(self.plugin_manager, exc)
+        if found is None:
+            return None
+        plugin, hook_name = found
+        done = self.iter + (hook_name == "selfsup_after_iter")
+        where = (f"after epoch {self.epoch}, iteration {done}" if hook_name == "selfsup_after_run"
+                 else f"at epoch {self.epoch + 1}, iteration {done}")
+        reason = str(exc).splitlines()[0] if isinstance(exc, SelfSupError) else describe_exception(exc).splitlines()[0]
+        latest = self.work_dir / ckpt.LATEST
+        outcome = f"the last checkpoint {latest} is as it was" if latest.is_file() else "no checkpoint was written"
+        started = getattr(self, "_start_iter", None)
+        if hook_name in _LOOP_HOOKS and started is not None and done > started:  # else: nothing new to save
+            if dist.is_distributed():
+                outcome += " (the other processes cannot join a save now)"
+            else:
+                if hook_name == "selfsup_after_iter":
+                    self.inner_iter += 1
+                    self.iter += 1
+                try:
+                    saved = self.save_checkpoint(epoch_file=False)
+                    outcome = (f"checkpoint saved to {saved}; continue with: selfsup-run {self.config.filename} "
+                               f"--work-dir {self.work_dir} --resume")
+                except SelfSupError as save_error:
+                    outcome = str(save_error)
+        return PluginHookError(f"plugin {plugin} failed in {hook_name} {where}: {reason}; {outcome}")
+
     def _interrupt(self, saved: Path | None = None) -> None:
         signum = self._stop_signal or signal.SIGTERM
         path = saved if saved is not None else self.save_checkpoint(epoch_file=False)
@@ -487,13 +572,23 @@ class Trainer:
         state = self.state_dict()
         latest = self.work_dir / ckpt.LATEST
         if self.dist.is_main:
-            if epoch_file:
-                target = self.work_dir / f"epoch_{self.epoch}.pth"
-                ckpt.atomic_save(state, target)
-                _atomic_link(target, latest, state)
-                ckpt.prune(self.work_dir, self.settings.max_keep_ckpts)
-            else:
+            target = self.work_dir / f"epoch_{self.epoch}.pth" if epoch_file else latest
+            kept = latest if latest.is_file() else None
+            try:
+                if epoch_file:  # two independent files, each written atomically (never a link)
+                    ckpt.atomic_save(state, target)
+                    kept = target
+                    target = latest
                 ckpt.atomic_save(state, latest)
+            except (OSError, RuntimeError) as exc:  # torch.save reports a short write as RuntimeError
+                raise ckpt.CheckpointError(
+                    f"cannot write checkpoint {target} ({describe_exception(exc).splitlines()[0]}); "
+                    + (f"the last complete checkpoint {kept} is kept" if kept else "no checkpoint was written")
+                    + "; free space or fix the work dir's permissions, then continue with: "
+                    f"selfsup-run {self.config.filename} --work-dir {self.work_dir} --resume {kept or ''}".rstrip()
+                ) from exc
+            if epoch_file:
+                ckpt.prune(self.work_dir, self.settings.max_keep_ckpts)
         dist.barrier()
         return latest
 
@@ -597,16 +692,27 @@ def _accepted_keywords(forward: Any) -> frozenset[str] | None:
     return frozenset(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
-def _atomic_link(source: Path, target: Path, state: Any) -> None:
-    """Make ``target`` a hard link to ``source`` atomically (a copy where links fail)."""
-    tmp = target.with_name(f".{target.name}.link")
-    try:
-        tmp.unlink(missing_ok=True)
-        os.link(source, tmp)
-        os.replace(tmp, target)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        ckpt.atomic_save(state, target)
+def _failing_hook(plugin_manager: Any, exc: BaseException) -> tuple[str, str] | None:
+    """``(plugin name, hook name)`` of the innermost hook implementation in ``exc``'s
+    traceback, or None when the exception did not pass through one."""
+    codes: dict[Any, tuple[str, str]] = {}
+    for hook_name in dir(plugin_manager.hook):
+        if not hook_name.startswith("selfsup_"):
+            continue
+        for impl in getattr(plugin_manager.hook, hook_name).get_hookimpls():
+            code = getattr(getattr(impl.function, "__func__", impl.function), "__code__", None)
+            if code is not None:
+                codes[code] = (impl.plugin_name, hook_name)
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        hit = codes.get(tb.tb_frame.f_code)
+        if hit is not None:  # the instance that ran, when one class serves several plugins
+            owner = tb.tb_frame.f_locals.get("self")
+            name = plugin_manager.get_name(owner) if owner is not None else None
+            found = (name or hit[0], hit[1])
+        tb = tb.tb_next
+    return found
 
 
 def train(config: Config, **kwargs: Any) -> dict[str, Any]:
@@ -614,4 +720,4 @@ def train(config: Config, **kwargs: Any) -> dict[str, Any]:
     return Trainer(config, **kwargs).run()
 
 
-__all__ = ["NonFiniteLossError", "RunInterrupted", "Trainer", "train"]
+__all__ = ["NonFiniteLossError", "PluginHookError", "RunInterrupted", "Trainer", "train"]

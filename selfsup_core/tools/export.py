@@ -32,7 +32,8 @@ def run(args: argparse.Namespace) -> int:
     """The ``export`` and ``import-weights`` commands; returns the exit status."""
     if args.command == "export":
         report = export_backbone(args.checkpoint, args.out, fmt=args.format, to=args.to, prefix=args.prefix,
-                                 force=args.force, with_hash=getattr(args, "hash", False))
+                                 force=args.force, with_hash=getattr(args, "hash", False),
+                                 fallback=getattr(args, "fallback", False))
         text = format_export_report(report)
     else:
         report = import_weights(args.weights, args.out, source=args.source, fmt=args.format, prefix=args.prefix,
@@ -52,9 +53,14 @@ def export_backbone(
     prefix: str | None = None,
     force: bool = False,
     with_hash: bool = False,
+    fallback: bool = False,
 ) -> dict[str, Any]:
     """Write the backbone of ``checkpoint`` (a file, or a work dir: its latest checkpoint) to
     ``out``; returns the report (a JSON-able dict).
+
+    A damaged checkpoint (unreadable, or its stored checksum does not match) is refused with
+    one line. ``fallback``: then export the newest intact ``epoch_N.pth`` of its folder
+    instead; the report's ``fallback_from`` names the damaged file and why it was skipped.
 
     ``to``: ``raw`` (the backbone's own key names), ``torchvision`` (ResNets and ViTs; checked
     against torchvision's models, the classifier ``fc`` is left out, ViT keys renamed) or ``timm`` (ResNets
@@ -73,7 +79,9 @@ def export_backbone(
         checkpoint = found
     fmt = W.output_format(out, fmt)
     W.check_writable(out, [checkpoint], force)
-    state, meta = W.read_state_dict(checkpoint)
+    state, meta, used, skipped = _read_checkpoint(checkpoint, fallback)
+    fallback_from = {"checkpoint": str(checkpoint), "skipped": skipped} if used != checkpoint else None
+    checkpoint = used
     if prefix is None:
         prefix = W.find_backbone_prefix(state) or ""
     kept, dropped_keys = W.select_prefix(state, prefix, str(checkpoint))
@@ -83,6 +91,8 @@ def export_backbone(
         "checkpoint": str(checkpoint), "out": str(out), "format": fmt, "to": to, "prefix": prefix,
         "epoch": meta.get("epoch"), "iter": meta.get("iter"),
     }
+    if fallback_from is not None:
+        report["fallback_from"] = fallback_from
     kept, report["target"], converted_drops = _convert(kept, to)
     dropped += converted_drops
     if not kept:
@@ -101,6 +111,51 @@ def export_backbone(
     if with_hash:
         report["out"], report["sha256"] = _append_hash(out, force)
     return report
+
+
+def _read_checkpoint(checkpoint: Path, fallback: bool) -> tuple[W.StateDict, dict[str, Any], Path, list[dict[str, str]]]:
+    """Read ``checkpoint``: ``(state, meta, the file read, [{"checkpoint", "reason"} skipped])``.
+
+    A damaged file raises :class:`WeightsError`, unless ``fallback``: then the folder's
+    ``epoch_N.pth`` files are tried newest first (those that are the same file, e.g. the hard
+    link behind ``latest.pth``, are skipped with it) and the first intact one is read."""
+    try:
+        state, meta = W.read_state_dict(checkpoint)
+        return state, meta, checkpoint, []
+    except WeightsError as exc:
+        first = exc
+    from ..engine.checkpoint import list_epoch_checkpoints
+
+    older = [p for p in reversed(list_epoch_checkpoints(checkpoint.parent)) if p != checkpoint]
+    if not fallback:
+        hint = (f"; or pass --fallback to export the newest intact epoch_N.pth of {checkpoint.parent} instead"
+                if older else "")
+        raise WeightsError(f"{first}{hint}") from first
+    skipped = [{"checkpoint": str(checkpoint), "reason": _reason(first, checkpoint)}]
+    for candidate in older:
+        if _same_file(candidate, checkpoint):
+            skipped.append({"checkpoint": str(candidate), "reason": f"the same file as {checkpoint.name}"})
+            continue
+        try:
+            state, meta = W.read_state_dict(candidate)
+        except WeightsError as exc:
+            skipped.append({"checkpoint": str(candidate), "reason": _reason(exc, candidate)})
+            continue
+        return state, meta, candidate, skipped
+    raise WeightsError(f"{first}; --fallback: no intact epoch_N.pth in {checkpoint.parent} either "
+                       f"({len(skipped) - 1} tried)") from first
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def _reason(exc: BaseException, path: Path) -> str:
+    """An error message without its leading ``"<path>: "``."""
+    return str(exc).removeprefix(f"{path}: ")
 
 
 def _append_hash(out: Path, force: bool) -> tuple[str, str]:
@@ -231,7 +286,12 @@ def format_export_report(report: dict[str, Any]) -> str:
     where = f" (epoch {report['epoch']}, iteration {report['iter']})" if report.get("epoch") is not None else ""
     names = {"raw": "the backbone's own key names", "torchvision": "torchvision key names",
              "timm": "timm key names"}[report["to"]]
-    lines = [f"exported {report['kept']} tensors ({report['parameters']:,} parameters) under "
+    lines = []
+    if report.get("fallback_from"):
+        skipped = report["fallback_from"]["skipped"]
+        lines += [f"--fallback: skipped {s['checkpoint']}: {s['reason']}" for s in skipped]
+        lines.append(f"--fallback: exporting from {report['checkpoint']} instead")
+    lines += [f"exported {report['kept']} tensors ({report['parameters']:,} parameters) under "
              f"{report['prefix']!r} of {report['checkpoint']}{where}",
              f"  -> {report['out']} ({report['format']}, {names})"]
     target = report["target"]

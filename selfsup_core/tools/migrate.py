@@ -47,18 +47,29 @@ old (OpenSelfSup / MMSelfSup 0.x)           selfsup
 ``cudnn_benchmark``, ``find_unused_parameters``  ``runner.*``
 ``log_config`` TensorboardLoggerHook        ``log_config.tensorboard = true``
 ``custom_hooks``                            ``[[hooks]]``
+``sampling_replace``, ``data.replace``      ``data.replace`` (sampling with replacement)
+Swin ``stage_cfgs.block_cfgs.window_size``  ``window_size`` (other per-stage options dropped)
+``StepFixCosineAnnealing``                  kept by name, every key unchanged
 ==========================================  ===================================================
 
-Old defaults that differ from ours are written out: DeepCluster gets ``with_sobel = false``
-unless the config sets it; MMSelfSup 0.x's ``VisionTransformer`` (MoCo v3) gets
-``pos_embed_type = "sincos"`` (it always used a fixed sin-cos position embedding) unless it
-loads ``Pretrained`` weights. The old momentum hooks' ``update_interval`` counts iterations,
+Old defaults are written out: DeepCluster gets the old ``with_sobel`` unless the config sets
+it (OpenSelfSup's default was ``false``, MMSelfSup 0.x's ``true``, as ours); MMSelfSup 0.x's
+``VisionTransformer`` (MoCo v3) gets ``pos_embed_type = "sincos"`` (it always used a fixed
+sin-cos position embedding) unless it loads ``Pretrained`` weights. The old momentum hooks' ``update_interval`` counts iterations,
 ours optimizer steps: with ``accumulate_steps = N`` it is divided by N (dropped when it
 becomes 1). ``imgs_per_gpu`` of a DeepCluster/ODC hook's ``extractor`` becomes
 ``samples_per_gpu``. ``NonLinearNeckSimCLR`` keeps its ``with_bias`` (every linear layer, the
 last one included) and ``with_last_bn``. An MMSelfSup 1.x (MMEngine) config
 (``train_dataloader``, ``optim_wrapper``, ``param_scheduler``, ``default_hooks``,
 ``default_scope``) is refused: it is another schema.
+
+Refused with one line (exit 2, nothing written): a config whose ``model.type`` no installed
+algorithm provides (benchmarks' ``Classification``/``ImageClassifier``: use ``selfsup-run
+eval``; ``MaskRCNN``/``EncoderDecoder``: detection and segmentation run elsewhere; methods not
+implemented yet, e.g. CAE, MaskFeat, InterCLR, unless a plugin provides one of that name), a
+config without ``model``, a ``type`` that is an import path (``os:system``, ``pkg.mod.Class``;
+a qualified ``dist:Name`` of an installed component is kept) and a YAML file (detectron2's
+benchmark configs). ``--check`` (of any config) lists the data paths the run will read; it opens none of them.
 
 OpenSelfSup's ``GaussianBlur`` and ``Solarization`` always applied (``RandomAppliedTrans``
 gave the probability); ours take ``p`` (default 0.5), so a converted OpenSelfSup config gets
@@ -172,6 +183,8 @@ HELPER_REASON = "not a setting (a variable of the Python config; its value is us
 #: Output order of the top-level tables.
 ORDER = ("seed", "deterministic", "work_dir", "model", "data", "optimizer", "optimizer_config", "lr_config", "runner",
          "checkpoint_config", "log_config", "hooks")
+#: Registry scopes of OpenMMLab libraries (``type='mmcls.ResNet'``): components selfsup does not have.
+OPENMMLAB_SCOPES = ("mmcls", "mmpretrain", "mmdet", "mmseg", "mmselfsup", "mmcv", "mmengine")
 #: Keys whose typed tables are components of a kind (beyond build.KEY_KINDS).
 EXTRA_KEY_KINDS = {"predictor": "necks", "memory_bank": "memories", "data_source": "data_sources"}
 
@@ -180,13 +193,16 @@ class Migration:
     """Converts one merged old config (plain data) to selfsup TOML data.
 
     ``cfg``: the merged module namespace of the Python config; ``installed``: a function
-    telling whether a component ``(kind, name)`` is installed. After :meth:`convert`,
+    telling whether a component ``(kind, name)`` is installed; ``shown``: the file name used in
+    errors. After :meth:`convert`,
     ``drops`` holds ``(dotted key, why)`` pairs, ``warnings`` and ``notes`` lines.
     """
 
-    def __init__(self, cfg: Mapping[str, Any], installed: Callable[[str | None, str], bool]) -> None:
+    def __init__(self, cfg: Mapping[str, Any], installed: Callable[[str | None, str], bool],
+                 shown: str | None = None) -> None:
         self.cfg = cfg
         self.installed = installed
+        self.shown = shown
         self.dialect = detect_dialect(cfg)
         self.out: dict[str, Any] = {}
         self.drops: list[tuple[str, str]] = []
@@ -220,6 +236,10 @@ class Migration:
         if newer:
             raise ConfigError(f"this is an MMSelfSup 1.x (MMEngine) config ({', '.join(newer)}); only MMSelfSup 0.x "
                               "and OpenSelfSup configs (data, optimizer, lr_config, runner) can be migrated")
+        if "model" not in self.cfg:
+            raise ConfigError("no model: not a pre-training config (a kNN / SVM / t-SNE benchmark's settings?); "
+                              "evaluate a checkpoint with 'selfsup-run eval CONFIG --checkpoint CKPT' or plot "
+                              "features with 'selfsup-run tsne'", file=self.shown)
         for key, value in self.cfg.items():
             if key in handlers:
                 handlers[key](value)
@@ -237,7 +257,21 @@ class Migration:
         self.momentum_interval()
         data = {key: self.out[key] for key in ORDER if key in self.out and self.out[key] != {}}
         data.update({k: v for k, v in self.out.items() if k not in data and v != {}})
-        return clean(data, (), self)
+        data = clean(data, (), self)
+        self.sweep_import_paths(data, ())
+        return data
+
+    def sweep_import_paths(self, value: Any, path: tuple[Any, ...]) -> None:
+        """The last guard: no ``type`` anywhere in the output (``*_cfg`` tables and tables
+        kept as written included) is an import path."""
+        if isinstance(value, dict):
+            if isinstance(value.get("type"), str):
+                self.refuse_import_path(None, value["type"], path)
+            for key, item in value.items():
+                self.sweep_import_paths(item, (*path, key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                self.sweep_import_paths(item, (*path, i))
 
     def place_frozen_layers(self) -> None:
         """MMSelfSup's ``optimizer_config.frozen_layers_cfg`` (SwAV prototypes) -> the SwAV hook's."""
@@ -284,6 +318,7 @@ class Migration:
             self.out["model"] = table
             return
         table = dict(table)
+        self.require_algorithm(table.get("type"))
         pretrained = table.pop("pretrained", None) if "pretrained" in table else _ABSENT
         model = self.component(table, "algorithms", ("model",))
         if pretrained is None:
@@ -298,13 +333,26 @@ class Migration:
         self.algorithm_defaults(model)
         self.out["model"] = model
 
+    def require_algorithm(self, old: Any) -> None:
+        """Refuse a model that no installed algorithm builds (a benchmark's classifier or
+        detector, a method not implemented yet); see :func:`refusal_for_model`."""
+        if not isinstance(old, str):
+            raise ConfigError("model has no type; a pre-training config names its algorithm "
+                              "(model = dict(type='MoCo', ...))", file=self.shown, key="model.type")
+        name = RENAMES["algorithms"].get(old, old)
+        if ":" in name or "." in name or not self.installed("algorithms", name):
+            raise ConfigError(refusal_for_model(old), file=self.shown, key="model.type")
+
     def algorithm_defaults(self, model: dict[str, Any]) -> None:
-        """Write out the old defaults where ours differ: DeepCluster's ``with_sobel`` (False in
-        MMSelfSup 0.x and OpenSelfSup, True here) and the fixed sin-cos position embedding of
-        MMSelfSup 0.x's ``VisionTransformer`` (learnable here)."""
+        """Write out the old defaults: DeepCluster's ``with_sobel`` (OpenSelfSup: False;
+        MMSelfSup 0.x: True, as ours) and the fixed sin-cos position embedding of MMSelfSup
+        0.x's ``VisionTransformer`` (learnable here)."""
         if model.get("type") == "DeepCluster" and "with_sobel" not in model:
-            model["with_sobel"] = False
-            self.note("model.with_sobel = false (the old DeepCluster's default; selfsup's is true)")
+            old_default = self.dialect == MMSELFSUP
+            model["with_sobel"] = old_default
+            self.note(f"model.with_sobel = {str(old_default).lower()}: {self.dialect}'s DeepCluster built the "
+                      f"Sobel layer {'by default' if old_default else 'only when asked (default False)'}; "
+                      "written out (selfsup's default is true)")
         backbone = model.get("backbone")
         if isinstance(backbone, dict) and backbone.get("type") == "VisionTransformer" \
                 and "pos_embed_type" not in backbone:
@@ -318,7 +366,7 @@ class Migration:
     def component(self, table: dict[str, Any], kind: str | None, path: tuple[Any, ...]) -> dict[str, Any]:
         """Convert one typed table of ``kind`` (None: any kind) found at ``path``."""
         special = {"necks": self.neck, "datasets": self.dataset, "data_sources": self.data_source,
-                   "hooks": self.hook}
+                   "hooks": self.hook, "backbones": self.backbone}
         if kind in special:
             return special[kind](table, path)
         return self.generic(table, kind, path)
@@ -327,6 +375,8 @@ class Migration:
         """Rename the type, drop obsolete arguments and convert the nested components."""
         old = table.get("type")
         new = RENAMES.get(kind or "", {}).get(old, old) if isinstance(old, str) else old
+        if isinstance(new, str):
+            self.refuse_import_path(kind, new, path)
         result: dict[str, Any] = {"type": new} if "type" in table else {}
         for key, value in table.items():
             if key == "type":
@@ -354,12 +404,62 @@ class Migration:
         if isinstance(value, (list, tuple)) and any(isinstance(v, dict) and "type" in v for v in value):
             return [self.component(v, kind, (*path, i)) if isinstance(v, dict) and "type" in v else v
                     for i, v in enumerate(value)]
+        if isinstance(value, dict):  # an untyped table (a hook's extractor ...): its datasets and pipelines too
+            return {sub: self.child(sub, item, (*path, sub)) for sub, item in value.items()}
         return value
+
+    def refuse_import_path(self, kind: str | None, name: str, path: tuple[Any, ...]) -> None:
+        """A ``type`` that is an import path (``os:system``, ``pkg.mod.Class``) is never written:
+        a config must not be able to run code. ``dist:Name`` of an installed component passes."""
+        if (":" in name or "." in name) and not self.installed(kind, name):
+            key = ".".join(str(p) for p in (*path, "type"))
+            scope = name.split(".")[0]
+            if ":" not in name and scope in OPENMMLAB_SCOPES:
+                raise ConfigError(f"type {name!r} is a component of {scope} (another OpenMMLab library), which "
+                                  "selfsup does not have: name an installed component ('selfsup-run list')",
+                                  file=self.shown, key=key)
+            raise ConfigError(f"type {name!r} is an import path, not a registered component; the migrator "
+                              "never writes one (a config must not run code): name an installed component "
+                              "('selfsup-run list')", file=self.shown, key=key)
 
     def check_installed(self, kind: str | None, name: str, path: tuple[Any, ...]) -> None:
         if not self.installed(kind, name):
             where = ".".join(str(p) for p in path)
             self.warnings.append(f"{where}: no selfsup component {name!r} is installed; kept as written")
+
+    def backbone(self, table: Mapping[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+        """mmcls' Swin ``stage_cfgs`` (``block_cfgs.window_size``) -> our ``window_size``."""
+        table = dict(table)
+        if table.get("type") in ("SwinTransformer", "SimMIMSwinTransformer") and "stage_cfgs" in table:
+            self.swin_stage_cfgs(table, table.pop("stage_cfgs"), (*path, "stage_cfgs"))
+        return self.generic(table, "backbones", path)
+
+    def swin_stage_cfgs(self, table: dict[str, Any], stages: Any, path: tuple[Any, ...]) -> None:
+        """Fold ``stage_cfgs`` (one dict for every stage, or one per stage) into ``table``: the
+        window size is ours; any other per-stage option has no equivalent and is dropped."""
+        per_stage = list(stages) if isinstance(stages, (list, tuple)) else [stages]
+        sizes = set()
+        for i, stage in enumerate(per_stage):
+            where = (*path, i) if isinstance(stages, (list, tuple)) else path
+            if not isinstance(stage, dict):
+                self.drop(where, "a stage's options must be a dict")
+                continue
+            for key, value in stage.items():
+                if key == "block_cfgs" and isinstance(value, dict):
+                    for sub, item in value.items():
+                        if sub == "window_size":
+                            sizes.add(item if not isinstance(item, list) else tuple(item))
+                        else:
+                            self.drop((*where, key, sub), "no per-block option of that name; every block of "
+                                      "selfsup's Swin has the same settings")
+                else:
+                    self.drop((*where, key), "no per-stage option of that name in selfsup's Swin")
+        if len(sizes) > 1:
+            raise ConfigError(f"stages with different window sizes {sorted(sizes)} cannot be written: selfsup's "
+                              "Swin takes one window_size", file=self.shown, key=".".join(map(str, path)))
+        if sizes and "window_size" not in table:
+            table["window_size"] = sizes.pop()
+            self.note(f"{'.'.join(map(str, path))}.block_cfgs.window_size -> window_size = {table['window_size']}")
 
     def neck(self, table: Mapping[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
         """OpenSelfSup necks -> ours, with the flags that give the same layers."""
@@ -513,7 +613,7 @@ class Migration:
             self.out["data"] = table
             return
         known = ("samples_per_gpu", "workers_per_gpu", "drop_last", "pin_memory", "persistent_workers",
-                 "prefetch_factor")
+                 "prefetch_factor", "replace")
         for key, value in table.items():
             if key == "imgs_per_gpu":
                 out["samples_per_gpu"] = value
@@ -522,8 +622,8 @@ class Migration:
             elif key in ("train", "val", "test") and isinstance(value, dict):
                 out[key] = self.component(value, "datasets", ("data", key))
             elif key == "sampling_replace":
-                self.drop(["data", key], "sampling with replacement is not supported; every epoch visits each "
-                          "image once")
+                out["replace"] = value
+                self.note("data.sampling_replace -> data.replace (sampling with replacement)")
             else:
                 self.drop(["data", key], OBSOLETE_ARGS.get(key) or "not a [data] setting")
 
@@ -590,13 +690,10 @@ class Migration:
             return
         table = dict(table)
         policy = str(table.get("policy", "")).lower()
-        if policy == "stepfixcosineannealing":
-            table["policy"], policy = "CosineAnnealing", "cosineannealing"
-            self.note("lr_config.policy StepFixCosineAnnealing -> CosineAnnealing (warmup counts iterations "
-                      "either way)")
         if policy not in LR_POLICIES:
+            known = ", ".join(sorted(set(LR_POLICIES.values())))
             self.warnings.append(f"lr_config.policy: {table.get('policy')!r} is not a selfsup lr policy "
-                                 "(CosineAnnealing, step, Fixed, Poly, Exp); kept as written")
+                                 f"({known}); kept as written")
             self.out["lr_config"] = dict(table)
             return
         accepted = (*LR_COMMON_KEYS, *LR_POLICY_KEYS[LR_POLICIES[policy]])
@@ -749,16 +846,53 @@ def clean(value: Any, path: tuple[Any, ...], migration: Migration) -> Any:
     return value
 
 
+#: Self-supervised algorithms of MMSelfSup 0.x / OpenSelfSup that selfsup does not ship (yet):
+#: refused as "not implemented" unless an installed plugin provides one of that name.
+NOT_IMPLEMENTED = ("CAE", "MaskFeat", "InterCLRMoCo", "InterCLR", "BEiT", "MixMIM", "MILAN", "EVA", "DINO", "ORL",
+                   "SparK", "PixMIM")
+#: Model types of the benchmark configs (classification, detection, segmentation).
+CLASSIFIERS = ("Classification", "ImageClassifier", "MMClsImageClassifierWrapper", "LinearClassifier")
+DENSE_MODELS = ("MaskRCNN", "FasterRCNN", "RetinaNet", "CascadeRCNN", "MaskScoringRCNN", "EncoderDecoder",
+                "CascadeEncoderDecoder", "GeneralizedRCNN")
+
+
+def refusal_for_model(old: str) -> str:
+    """Why a config whose ``model.type`` is ``old`` (no installed algorithm) is refused, and
+    what to use instead (one line)."""
+    if old in NOT_IMPLEMENTED:
+        return (f"{old!r}: the {old} algorithm is not implemented in selfsup yet (no installed plugin provides "
+                f"an algorithm {old!r}; 'selfsup-run list algorithms' shows what is installed)")
+    if old in CLASSIFIERS:
+        return (f"{old!r} is a classification benchmark's model (linear probe / fine-tuning), not a pre-training "
+                "algorithm; evaluate a pre-trained checkpoint with 'selfsup-run eval CONFIG --checkpoint CKPT' "
+                "(kNN, linear probe)")
+    if old in DENSE_MODELS or old.endswith(("RCNN", "EncoderDecoder")):
+        return (f"{old!r} is a detection / segmentation benchmark's model (run by MMDetection / MMSegmentation, "
+                "not by selfsup); export the pre-trained backbone with 'selfsup-run export'")
+    if ":" in old or "." in old:
+        return (f"{old!r} is an import path, not a registered algorithm; the migrator never writes one "
+                "(a config must not run code)")
+    return (f"no installed algorithm is called {old!r} ('selfsup-run list algorithms' shows what is installed; "
+            "benchmarks are run with 'selfsup-run eval')")
+
+
 def installed_components() -> Callable[[str | None, str], bool]:
-    """``installed(kind, name)``: whether a component is installed (metadata only, no import)."""
+    """``installed(kind, name)``: whether a component is installed (metadata only, no import).
+
+    ``dist:Name`` counts when the installed distribution ``dist`` provides ``Name``; an import
+    path (``os:system``, ``pkg.mod.Class``) never does.
+    """
     from .. import registry as _registry
 
     registries = _registry.current()
 
     def installed(kind: str | None, name: str) -> bool:
-        if ":" in name:
-            return True  # a qualified or dotted-path type: resolved at build time
         kinds = [kind] if kind else list(_registry.KINDS)
+        dist, sep, rest = name.partition(":")
+        if sep:
+            wanted = _registry.normalize_name(dist)
+            return any(c.name == rest and _registry.normalize_name(c.dist) == wanted
+                       for k in kinds for c in registries[k].components())
         return any(name in registries[k] for k in kinds)
 
     return installed
@@ -791,7 +925,7 @@ def migrate_file(path: str | os.PathLike[str], command: str,
                  installed: Callable[[str | None, str], bool] | None = None) -> tuple[str, Migration]:
     """Parse and convert one Python config; returns ``(TOML text, the Migration with its report)``."""
     loaded = load_python_config(path)
-    migration = Migration(loaded.data, installed or installed_components())
+    migration = Migration(loaded.data, installed or installed_components(), display_path(Path(path)))
     data = migration.convert()
     return render(data, migration, loaded.files, command), migration
 

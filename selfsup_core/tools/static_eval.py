@@ -19,6 +19,13 @@ cannot be evaluated is reported as ``FILE:LINE: cannot evaluate statically: <sou
 :class:`~selfsup_core.errors.ConfigError`. A statement that depends on one that failed is
 not reported again.
 
+The work is bounded, so a hostile file cannot exhaust time or memory: no value may hold more
+than :data:`MAX_TOTAL` items counted through all its levels or nest deeper than
+:data:`MAX_DEPTH`; no expression may nest deeper than :data:`MAX_DEPTH`; a file may take at
+most :data:`MAX_STEPS` evaluation steps; the size checks of a config and all its bases may
+count at most :data:`MAX_WORK` items; a ``_base_`` chain may be :data:`MAX_BASE_DEPTH` files
+deep and read :data:`MAX_FILES` files. Reaching a bound refuses the file with one line.
+
 MMCV semantics (``mmcv.Config.fromfile`` of mmcv 1.x, which MMSelfSup 0.x and OpenSelfSup
 use): ``_base_`` (a path or a list of paths relative to the file) names base files, read
 recursively; bases may not define the same top-level key; the file's dicts are merged key by
@@ -51,10 +58,30 @@ _REF_NAME_RE = re.compile(r"__selfsup_base_ref_(\d+)__")
 #: Longest string / list a multiplication or ``range`` may make, and largest exponent.
 MAX_SIZE = 1_000_000
 MAX_EXPONENT = 10_000
+#: Bounds on the work: items in one value counted through every nesting level (shared
+#: sub-lists count each time they occur), nesting depth of an expression or value, expression
+#: nodes evaluated in one file, items counted by the size checks for a config and its bases.
+MAX_TOTAL = 2_000_000
+MAX_DEPTH = 100
+MAX_STEPS = 1_000_000
+MAX_WORK = 10_000_000
+#: Bounds on a ``_base_`` chain: files deep, and files read in all.
+MAX_BASE_DEPTH = 32
+MAX_FILES = 256
 
 
 class StaticEvalError(Exception):
     """One expression or statement cannot be evaluated; ``node`` is where, the message why."""
+
+    def __init__(self, node: ast.AST, why: str) -> None:
+        super().__init__(why)
+        self.node = node
+        self.why = why
+
+
+class EvaluationLimit(Exception):
+    """A bound on the evaluator's work was reached (see :data:`MAX_TOTAL` ...): the whole file
+    is refused at once, with this one problem."""
 
     def __init__(self, node: ast.AST, why: str) -> None:
         super().__init__(why)
@@ -101,6 +128,17 @@ def _checked_range(*args: Any) -> list[int]:
     return list(values)
 
 
+def _checked_sum(items: Any, start: Any = 0) -> Any:
+    """``sum`` that refuses to concatenate sequences beyond :data:`MAX_SIZE` items."""
+    total = start
+    for item in items:
+        if isinstance(total, (list, tuple, str)) and isinstance(item, (list, tuple, str)) \
+                and len(total) + len(item) > MAX_SIZE:
+            raise ValueError("the result would be too large")
+        total = total + item
+    return total
+
+
 def _as_list(func: Callable[..., Any]) -> Callable[..., Any]:
     return lambda *args, **kwargs: list(func(*args, **kwargs))
 
@@ -108,7 +146,7 @@ def _as_list(func: Callable[..., Any]) -> Callable[..., Any]:
 BUILTINS: dict[str, Callable[..., Any]] = {
     "dict": dict, "list": list, "tuple": tuple, "set": set, "len": len, "min": min, "max": max,
     "round": round, "int": int, "float": float, "str": str, "bool": bool, "abs": abs,
-    "range": _checked_range, "sum": sum, "sorted": sorted,
+    "range": _checked_range, "sum": _checked_sum, "sorted": sorted,
 }
 CONSTANTS = {"True": True, "False": False, "None": None}
 COPY_FUNCTIONS = {"deepcopy": copy.deepcopy, "copy": copy.copy}
@@ -186,13 +224,18 @@ class StaticEvaluator:
     and ``shown`` the file name used in messages. :meth:`run` returns the namespace.
     """
 
-    def __init__(self, text: str, shown: str, ref_paths: Sequence[str] = (), base: dict[str, Any] | None = None) -> None:
+    def __init__(self, text: str, shown: str, ref_paths: Sequence[str] = (), base: dict[str, Any] | None = None,
+                 budget: list[int] | None = None) -> None:
         self.text = text
         self.shown = shown
         self.ref_paths = list(ref_paths)
         self.base = base if base is not None else {}
         self.names: dict[str, Any] = {}
         self.problems: list[Problem] = []
+        self.depth = 0
+        self.steps = 0
+        #: items counted by :meth:`check_deep`, shared by every file of one ``_base_`` chain
+        self.budget = budget if budget is not None else [0]
 
     # statements ---------------------------------------------------------------------------------
     def run(self, tree: ast.Module) -> dict[str, Any]:
@@ -214,12 +257,47 @@ class StaticEvaluator:
 
     def report(self, node: ast.AST, why: str) -> None:
         """Record ``FILE:LINE: cannot evaluate statically: <source> (<why>)``."""
-        segment = ast.get_source_segment(self.text, node) or ""
+        self.problems.append(self.problem(node, why))
+
+    def problem(self, node: ast.AST, why: str) -> Problem:
+        """``FILE:LINE: cannot evaluate statically: <source> (<why>)`` for ``node``."""
+        segment = _segment(self.text, node)
         segment = " ".join(restore_base_refs(segment, self.ref_paths).split())
         if len(segment) > 120:
             segment = segment[:117] + "..."
         where = f"{self.shown}:{getattr(node, 'lineno', '?')}"
-        self.problems.append(Problem(f"cannot evaluate statically: {segment} ({why})", where))
+        return Problem(f"cannot evaluate statically: {segment} ({why})", where)
+
+    # bounds -------------------------------------------------------------------------------------
+    def check_deep(self, node: ast.AST, value: Any) -> None:
+        """Refuse ``value`` when it holds more than :data:`MAX_TOTAL` items through all its
+        nesting levels or nests deeper than :data:`MAX_DEPTH`; the counting is charged to the
+        file's work budget (:data:`MAX_WORK`)."""
+        total = 0
+        stack: list[tuple[Any, int]] = [(value, 0)]
+        try:
+            while stack:
+                item, depth = stack.pop()
+                if isinstance(item, str):
+                    total += 1 + len(item) // 64
+                elif isinstance(item, (list, tuple, set, frozenset)):
+                    total += 1 + len(item)
+                    if depth >= MAX_DEPTH:
+                        raise EvaluationLimit(node, f"values nest more than {MAX_DEPTH} levels deep")
+                    stack.extend((sub, depth + 1) for sub in item if isinstance(sub, (list, tuple, dict, str)))
+                elif isinstance(item, dict):
+                    total += 1 + 2 * len(item)
+                    if depth >= MAX_DEPTH:
+                        raise EvaluationLimit(node, f"values nest more than {MAX_DEPTH} levels deep")
+                    stack.extend((sub, depth + 1) for sub in item.values() if isinstance(sub, (list, tuple, dict, str)))
+                else:
+                    total += 1
+                if total > MAX_TOTAL:
+                    raise EvaluationLimit(node, f"the value would hold more than {MAX_TOTAL:,} items")
+        finally:
+            self.budget[0] += total
+        if self.budget[0] > MAX_WORK:
+            raise EvaluationLimit(node, "the file takes too much work to evaluate; write the values out")
 
     def poison(self, stmt: ast.stmt) -> None:
         """Mark the names ``stmt`` would have assigned as unknown (later uses are not reported)."""
@@ -327,6 +405,7 @@ class StaticEvaluator:
             container[key] = value
         except (TypeError, IndexError, ValueError) as exc:
             raise StaticEvalError(node, f"{type(exc).__name__}: {exc}") from None
+        self.check_deep(node, container)
 
     def aug_assign(self, stmt: ast.AugAssign) -> None:
         """``x += v`` (and other operators) on a name or subscript; lists extend in place."""
@@ -346,9 +425,11 @@ class StaticEvaluator:
         if isinstance(stmt.op, ast.Add) and isinstance(left, list) and isinstance(right, (list, tuple)):
             check_result(stmt, range(len(left) + len(right)))
             left.extend(right)
+            self.check_deep(stmt, left)
             return left
         if isinstance(stmt.op, ast.BitOr) and isinstance(left, dict) and isinstance(right, dict):
             left.update(right)
+            self.check_deep(stmt, left)
             return left
         return self.binary(stmt, stmt.op, left, right)
 
@@ -373,9 +454,20 @@ class StaticEvaluator:
         method = getattr(self, f"eval_{type(node).__name__}", None)
         if method is None:
             raise StaticEvalError(node, f"{_describe(node)} is not evaluated statically")
-        value = method(node)
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise EvaluationLimit(node, f"more than {MAX_STEPS:,} evaluation steps; write the values out")
+        if self.depth >= MAX_DEPTH:
+            raise EvaluationLimit(node, f"expressions nest more than {MAX_DEPTH} levels deep")
+        self.depth += 1
+        try:
+            value = method(node)
+        finally:
+            self.depth -= 1
         if isinstance(value, (_Module, _Function, _BoundMethod)) and not isinstance(node, (ast.Name, ast.Attribute)):
             raise StaticEvalError(node, "only data values can be used here")
+        if isinstance(node, _BUILDING) and isinstance(value, (list, tuple, set, dict, str)):
+            self.check_deep(node, value)
         return value
 
     def eval_Constant(self, node: ast.Constant) -> Any:
@@ -394,7 +486,7 @@ class StaticEvaluator:
         name = node.id
         ref = _REF_NAME_RE.fullmatch(name)
         if ref:
-            return copy.deepcopy(self.base_value(node, self.ref_paths[int(ref.group(1))]))
+            return strip_delete(copy.deepcopy(self.base_value(node, self.ref_paths[int(ref.group(1))])))
         if name in self.names:
             value = self.names[name]
             if isinstance(value, _Unknown):
@@ -547,9 +639,12 @@ class StaticEvaluator:
             raise StaticEvalError(node, f"calling a {type(func).__name__} is not evaluated")
         check_call_size(node, name, func, args)
         try:
-            return check_result(node, call(*args, **kwargs))
+            result = check_result(node, call(*args, **kwargs))
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError, OverflowError) as exc:
             raise StaticEvalError(node, f"{name}() failed: {type(exc).__name__}: {exc}") from None
+        if isinstance(func, _BoundMethod) and isinstance(func.obj, (list, dict)):
+            self.check_deep(node, func.obj)  # append / extend / update grew it in place
+        return result
 
     def check_format(self, node: ast.AST, template: str) -> None:
         """Refuse ``str.format`` fields that reach into attributes or items (``{0.__class__}``)."""
@@ -625,6 +720,19 @@ class StaticEvaluator:
         return self.eval(node.body) if self.truth(node.test) else self.eval(node.orelse)
 
 
+#: Expression nodes that build new values (their results get :meth:`StaticEvaluator.check_deep`).
+_BUILDING = (ast.BinOp, ast.Call, ast.List, ast.Tuple, ast.Set, ast.Dict, ast.JoinedStr)
+
+
+def _segment(text: str, node: ast.AST) -> str:
+    """The source of ``node`` (or of its first line when the node is huge)."""
+    if not hasattr(node, "lineno"):
+        return ""
+    if (getattr(node, "end_lineno", None) or node.lineno) - node.lineno > 20:
+        return text.splitlines()[node.lineno - 1] if node.lineno <= len(text.splitlines()) else ""
+    return ast.get_source_segment(text, node) or ""
+
+
 def check_result(node: ast.AST, value: Any) -> Any:
     """``value``, or an error when it is a string or collection longer than :data:`MAX_SIZE`."""
     if isinstance(value, (str, list, tuple, dict, set, range)) and len(value) > MAX_SIZE:
@@ -690,15 +798,44 @@ def parse_file(path: Path, shown: str) -> tuple[str, list[str], ast.Module]:
     Returns ``(substituted text, placeholder paths, tree)``; a missing file or a syntax error
     is a :class:`ConfigError` naming the file (and line).
     """
-    text, paths = substitute_base_refs(read_config_text(path, shown))
+    raw = read_config_text(path, shown)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        raise ConfigError(not_python(raw), file=shown)
+    text, paths = substitute_base_refs(raw)
     try:
         with warnings.catch_warnings():  # '\d' in a non-raw string is common in old configs
             warnings.simplefilter("ignore")
             tree = ast.parse(text, filename=shown)
     except SyntaxError as exc:
+        if looks_like_yaml(raw):
+            raise ConfigError(not_python(raw), file=shown) from None
         line = exc.lineno or 0
         raise ConfigError(f"invalid Python: {exc.msg}", file=f"{shown}:{line}") from None
+    except (RecursionError, MemoryError):
+        raise ConfigError("cannot evaluate statically: the file nests expressions too deeply to parse "
+                          f"(e.g. a very long chain of '+'); write the values out", file=shown) from None
     return text, paths, tree
+
+
+_YAML_KEY = re.compile(r"^[A-Za-z_][\w.\-]*\s*:(\s|$)")
+
+
+def looks_like_yaml(text: str) -> bool:
+    """Whether the first statement-like line is ``KEY:`` (a YAML mapping), not Python."""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and stripped != "---":
+            return bool(_YAML_KEY.match(stripped))
+    return False
+
+
+def not_python(text: str) -> str:
+    """The message for a YAML file given to the migrator (detectron2's configs named as such)."""
+    detectron = re.search(r"^(_BASE_|MODEL|SOLVER|INPUT|DATASETS|TEST)\s*:", text, re.MULTILINE)
+    what = ("a detectron2 YAML config (a detection benchmark's settings, run by detectron2)" if detectron
+            else "a YAML file")
+    return (f"not a Python config: this is {what}; only MMSelfSup 0.x / OpenSelfSup Python configs "
+            "(.py) can be migrated")
 
 
 def evaluate_bases(tree: ast.Module, text: str, shown: str) -> tuple[list[str], int]:
@@ -712,7 +849,7 @@ def evaluate_bases(tree: ast.Module, text: str, shown: str) -> tuple[list[str], 
         if isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == BASE_KEY for t in stmt.targets):
             try:
                 found = (evaluator.eval(stmt.value), stmt.lineno)
-            except (StaticEvalError, _Poisoned) as exc:
+            except (StaticEvalError, _Poisoned, EvaluationLimit) as exc:
                 evaluator.report(getattr(exc, "node", stmt), getattr(exc, "why", "depends on an unknown value"))
     if evaluator.problems:
         raise ConfigError(evaluator.problems)
@@ -729,29 +866,46 @@ def evaluate_bases(tree: ast.Module, text: str, shown: str) -> tuple[list[str], 
 def load_python_config(path: str | os.PathLike[str]) -> LoadedConfig:
     """Evaluate a Python config and its ``_base_`` chain statically; returns the merged data.
 
-    Raises one :class:`ConfigError` listing every problem of the first file that has any.
+    Raises one :class:`ConfigError` listing every problem of the first file that has any; a
+    file that reaches a bound on the work (sizes, depth, steps, the ``_base_`` chain) gets one
+    problem only.
     """
     files: list[str] = []
-    data = _load(Path(path), (), files)
+    try:
+        data = strip_delete(_load(Path(path), (), files, [0]))
+    except (RecursionError, MemoryError) as exc:  # a last guard; the bounds should come first
+        raise ConfigError(f"cannot evaluate statically: the file needs too much "
+                          f"{'memory' if isinstance(exc, MemoryError) else 'nesting'}; write the values out",
+                          file=display_path(Path(path))) from None
     return LoadedConfig(data, files)
 
 
-def _load(path: Path, chain: tuple[Path, ...], files: list[str]) -> dict[str, Any]:
+def _load(path: Path, chain: tuple[Path, ...], files: list[str], budget: list[int]) -> dict[str, Any]:
     shown = display_path(path)
     files.append(shown)
     text, ref_paths, tree = parse_file(path, shown)
     bases, line = evaluate_bases(tree, text, shown)
-    merged = _load_bases(path, bases, line, chain, files)
-    evaluator = StaticEvaluator(text, shown, ref_paths, merged)
-    names = evaluator.run(tree)
+    if bases and len(chain) + 1 >= MAX_BASE_DEPTH:
+        raise ConfigError(f"_base_: the chain of _base_ files is more than {MAX_BASE_DEPTH} files deep",
+                          file=f"{shown}:{line}")
+    if len(files) + len(bases) > MAX_FILES:
+        raise ConfigError(f"_base_: more than {MAX_FILES} _base_ files are read for one config",
+                          file=f"{shown}:{line}")
+    merged = _load_bases(path, bases, line, chain, files, budget)
+    evaluator = StaticEvaluator(text, shown, ref_paths, merged, budget)
+    try:
+        names = evaluator.run(tree)
+    except EvaluationLimit as exc:
+        raise ConfigError(evaluator.problem(exc.node, exc.why)) from None
     if evaluator.problems:
         raise ConfigError(evaluator.problems)
     own = {k: v for k, v in names.items() if _is_config_key(k, v)}
     merge_into(merged, own, shown)
-    return strip_delete(merged)
+    return merged  # the _delete_ markers are stripped once, from the whole result
 
 
-def _load_bases(path: Path, bases: list[str], line: int, chain: tuple[Path, ...], files: list[str]) -> dict[str, Any]:
+def _load_bases(path: Path, bases: list[str], line: int, chain: tuple[Path, ...], files: list[str],
+                budget: list[int]) -> dict[str, Any]:
     """Read each base of ``path`` (recursively) and merge them; bases may not share keys."""
     shown = display_path(path)
     here = path.resolve()
@@ -770,7 +924,7 @@ def _load_bases(path: Path, bases: list[str], line: int, chain: tuple[Path, ...]
             )
         if base_path.suffix != ".py":
             raise ConfigError(f"_base_: {base!r} is not a Python config; only .py bases are read", file=f"{shown}:{line}")
-        base_data = _load(base_path, (*chain, here), files)
+        base_data = _load(base_path, (*chain, here), files, budget)
         for key in base_data:
             if key in defined_in:
                 raise ConfigError(

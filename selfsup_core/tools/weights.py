@@ -77,8 +77,23 @@ def read_state_dict(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
                 "(weights_only=True); re-save just its state dict: torch.save(ckpt['state_dict'], 'weights.pth')"
             ) from exc
         raise WeightsError(f"{path}: cannot be read by torch.load(weights_only=True) ({first[:200]})") from exc
+    _check_integrity(obj, path)
     meta = obj.get("meta") if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping) else {}
     return unwrap_state_dict(obj, str(path)), dict(meta)
+
+
+def _check_integrity(obj: Any, path: Path) -> None:
+    """Verify (and drop) the ``checksum`` entry of a selfsup training checkpoint loaded from
+    ``path``; a file without one is taken as it is. Raises :class:`WeightsError` on a mismatch."""
+    if not isinstance(obj, dict):
+        return
+    from ..engine.checksum import CHECKSUM_KEY, ChecksumMismatch, verify_checksum
+
+    try:
+        verify_checksum(obj)
+    except ChecksumMismatch as exc:
+        raise WeightsError(f"{path}: is damaged: {exc}") from exc
+    obj.pop(CHECKSUM_KEY, None)
 
 
 def unwrap_state_dict(obj: Any, source: str) -> StateDict:

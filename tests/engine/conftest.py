@@ -51,7 +51,13 @@ interval = 1
 
 @pytest.fixture(autouse=True)
 def _toy_on_path(monkeypatch):
+    """Put selfsup_toy on sys.path and allow its import-path types (``--allow-import-paths``
+    in-process); subprocesses pass the flag themselves."""
+    from selfsup_core.import_paths import allowing
+
     monkeypatch.syspath_prepend(str(HERE))
+    with allowing():
+        yield
 
 
 @pytest.fixture

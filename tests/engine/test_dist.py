@@ -90,7 +90,8 @@ def test_a_distributed_cli_run_prints_one_summary_from_rank_0(write_config, tmp_
                       "from selfsup_core.cli import main\n"
                       "sys.exit(main(sys.argv[2:]))\n")
     work = tmp_path / "work"
-    run_ranks(script, tmp_path, config, "--work-dir", work, "--cfg-options", "log_config.plot=false", world_size=2)
+    run_ranks(script, tmp_path, config, "--work-dir", work, "--allow-import-paths", "--cfg-options",
+              "log_config.plot=false", world_size=2)
     summary = (tmp_path / "stdout0").read_text().splitlines()
     assert summary[0].startswith("done: epoch 3, iteration 12 in ")
     assert summary[-2] == "  curves      not drawn: [log_config] plot = false"

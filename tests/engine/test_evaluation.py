@@ -119,7 +119,7 @@ def test_evaluator_names_match_by_type_or_its_start(write_config):
 
 
 def _selfsup(args, env, cwd):
-    return subprocess.run([sys.executable, "-m", "selfsup_core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "selfsup_core.cli", *args, "--allow-import-paths"], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
 

@@ -91,7 +91,7 @@ def test_sigterm_to_a_real_selfsup_run_saves_then_resumes_exactly(write_config, 
     text = config.read_text().replace('[data.train]\ntype = "selfsup_toy:ToyDataset"\nlength = 64\n', extra)
     text = text.replace("workers_per_gpu = 0", "workers_per_gpu = 2")
     config.write_text(text)
-    cli = [sys.executable, "-m", "selfsup_core.cli", str(config)]
+    cli = [sys.executable, "-m", "selfsup_core.cli", str(config), "--allow-import-paths"]
 
     reference = tmp_path / "reference"
     done = subprocess.run([*cli, "--work-dir", str(reference)], env=toy_env, capture_output=True, text=True, timeout=240)
@@ -151,7 +151,8 @@ def test_a_corrupted_checkpoint_is_refused_with_a_clear_message(write_config, tm
         latest.write_bytes(b"")
     with pytest.raises(ckpt.CheckpointError, match="truncated or corrupted"):
         run(config, work, resume="auto")
-    result = subprocess.run([sys.executable, "-m", "selfsup_core.cli", str(config), "--work-dir", str(work),
+    result = subprocess.run([sys.executable, "-m", "selfsup_core.cli", str(config), "--allow-import-paths",
+                             "--work-dir", str(work),
                              "--resume", str(latest)], env=toy_env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -225,11 +226,12 @@ def test_two_gloo_processes_under_torchrun_match_one_process_on_the_full_batch(w
     env = dict(toy_env, OMP_NUM_THREADS="1")
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "selfsup_core.cli",
-         str(two), "--work-dir", str(tmp_path / "ddp"), "--device", "cpu"],
+         str(two), "--allow-import-paths", "--work-dir", str(tmp_path / "ddp"), "--device", "cpu"],
         env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "x 2 processes" in ddp.stderr
-    single = subprocess.run([sys.executable, "-m", "selfsup_core.cli", str(one), "--work-dir", str(tmp_path / "one")],
+    single = subprocess.run([sys.executable, "-m", "selfsup_core.cli", str(one), "--allow-import-paths",
+                             "--work-dir", str(tmp_path / "one")],
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
     a, b = final_state(tmp_path / "ddp"), final_state(tmp_path / "one")
@@ -293,7 +295,8 @@ def test_resume_auto_without_a_checkpoint_starts_a_fresh_run(write_config, tmp_p
 
 def test_fp16_on_a_cpu_is_refused_in_one_line(write_config, tmp_path, toy_env):
     config = write_config()
-    result = subprocess.run([sys.executable, "-m", "selfsup_core.cli", str(config), "--work-dir", str(tmp_path / "w"),
+    result = subprocess.run([sys.executable, "-m", "selfsup_core.cli", str(config), "--allow-import-paths",
+                             "--work-dir", str(tmp_path / "w"),
                              "--cfg-options", "runner.precision=fp16", "runner.device=cpu"],
                             env=toy_env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
@@ -311,7 +314,7 @@ def test_resuming_a_one_process_run_under_two_processes_restarts_the_epoch(write
     env = dict(toy_env, OMP_NUM_THREADS="1")
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "selfsup_core.cli",
-         str(plain), "--work-dir", str(work), "--device", "cpu", "--resume"],
+         str(plain), "--allow-import-paths", "--work-dir", str(work), "--device", "cpu", "--resume"],
         env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "comes from 1 processes, this run has 2" in ddp.stderr

@@ -28,7 +28,7 @@ from .extraction import extract_features
 from .kmeans import Kmeans, cluster_stats
 
 EXTRACTOR_KEYS = ("dataset", "pipeline", "samples_per_gpu", "workers_per_gpu")
-CLUSTERING_KEYS = ("k", "pca_dim", "iterations", "seed", "init", "backend")
+CLUSTERING_KEYS = ("k", "pca_dim", "iterations", "seed", "seed_per_round", "init", "backend")
 
 
 def uniform_indices(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -85,9 +85,25 @@ def _check_keys(owner: str, name: str, table: Mapping[str, Any], known: tuple[st
         raise ValueError(f"{owner}: unknown key(s) {', '.join(unknown)} in {name}; it takes {', '.join(known)}")
 
 
+def _built(runner: Any, value: Any, kind: str, key: str) -> Any:
+    """``extractor.<key>`` built now (called when the run starts): component tables in
+    ``value`` are constructed, objects pass through."""
+    from selfsup_core.build import Builder
+
+    config = getattr(runner, "config", None)
+    builder = Builder(config) if config is not None else Builder()
+    plan = builder.plan(value, kind, ("extractor", key))
+    builder.raise_problems()
+    return builder.construct(plan)
+
+
 class DeepClusterHook:
     """Cluster the training set's features and reassign the pseudo-labels (MMSelfSup's
     ``DeepClusterHook``; see the module docstring for one round).
+
+    ``extractor`` comes from the config unbuilt (``__selfsup_deferred_args__``): its
+    ``dataset`` table is validated with the config but built (its data source opened) only
+    when the run starts, so ``--check`` needs no data on disk.
 
     Args:
         extractor: the extraction pass: ``pipeline`` (transforms applied to the training
@@ -95,7 +111,10 @@ class DeepClusterHook:
             dataset table with the training set's length and order), and
             ``samples_per_gpu`` (default 128), ``workers_per_gpu`` (default: the trainer's).
         clustering: ``k`` (number of clusters = the head's ``num_classes``), ``pca_dim``
-            (256; -1: no PCA), ``iterations`` (20), ``seed`` (0), ``init`` ("k-means++" or
+            (256; -1: no PCA), ``iterations`` (20), ``seed`` (0), ``seed_per_round`` (true:
+            each round's initial centroids come from a fresh seed drawn from the run's seed,
+            ``seed`` and the round, as 0.x draws ``np.random.randint(1234)`` per round; false:
+            ``seed`` every round), ``init`` ("k-means++" or
             "random"), ``backend`` ("auto": faiss
             when installed, else torch k-means on the device). MMSelfSup's
             ``dict(type='Kmeans', ...)`` without ``type``.
@@ -110,6 +129,8 @@ class DeepClusterHook:
     Checkpoints hold the labels (``state_dict``), so a resumed run continues with the labels,
     sampling and class weights it had, without clustering again.
     """
+
+    __selfsup_deferred_args__ = ("extractor",)
 
     def __init__(
         self,
@@ -179,7 +200,7 @@ class DeepClusterHook:
     def _extraction_dataset(self, runner: Any) -> Any:
         if self._extract_dataset is None:
             if "dataset" in self.extractor:
-                dataset = self.extractor["dataset"]
+                dataset = _built(runner, self.extractor["dataset"], "datasets", "dataset")
             else:
                 from selfsup_data.datasets.views import OneViewDataset
 
@@ -187,7 +208,8 @@ class DeepClusterHook:
                 if source is None:
                     raise SelfSupError(f"DeepClusterHook: the training set {type(runner.dataset).__name__} has no "
                                        "data_source; give extractor.dataset instead of extractor.pipeline")
-                dataset = OneViewDataset(source, list(self.extractor["pipeline"]))
+                dataset = OneViewDataset(source, list(_built(runner, self.extractor["pipeline"], "transforms",
+                                                             "pipeline")))
             if len(dataset) != len(runner.dataset):
                 raise SelfSupError(f"DeepClusterHook: extractor.dataset has {len(dataset)} samples but the training "
                                    f"set has {len(runner.dataset)}; they must be the same images in the same order")
@@ -221,10 +243,11 @@ class DeepClusterHook:
                                 rank=runner.rank, world_size=runner.world_size, seed=int(runner.settings.seed),
                                 autocast_dtype=runner.autocast_dtype, channels_last=bool(runner.channels_last))
 
-    def cluster(self, features: torch.Tensor) -> torch.Tensor:
-        """k-means labels ``(N,)`` computed on process 0 and broadcast to every process."""
+    def cluster(self, features: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """k-means labels ``(N,)`` computed on process 0 and broadcast to every process;
+        ``seed``: the initial centroids' seed (None: ``clustering.seed``)."""
         if dist.get_rank() == 0:
-            labels = self.kmeans.cluster(features).to(device=features.device, dtype=torch.long)
+            labels = self.kmeans.cluster(features, seed=seed).to(device=features.device, dtype=torch.long)
         else:
             labels = torch.zeros(features.shape[0], dtype=torch.long, device=features.device)
         return dist.broadcast(labels.contiguous(), 0)
@@ -232,7 +255,9 @@ class DeepClusterHook:
     def deepcluster(self, runner: Any) -> torch.Tensor:
         """One clustering round; returns the new labels."""
         features = self.extract(runner)
-        labels = self.cluster(features)
+        # round 0 before the first epoch, round e + 1 after epoch e (0-based)
+        round_index = runner.epoch if self.labels is None else runner.epoch + 1
+        labels = self.cluster(features, seed=self.kmeans.round_seed(int(runner.settings.seed), round_index))
         self._apply(runner, labels, features=features, fresh=True)
         return labels
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 from selfsup_core.engine import dist
-from selfsup_core.engine.data import build_loader, device_transform_of, images_of, to_device
+from selfsup_core.engine.data import build_loader, device_transform_of, images_of, loader_batches, to_device
 from torch import nn
 
 
@@ -51,7 +51,7 @@ def extract_features(
     was_training = model.training
     model.eval()
     try:
-        for batch in loader:
+        for batch in loader_batches(loader):
             batch = to_device(batch, device, device.type == "cuda")
             if transform is not None:
                 batch = transform(batch)

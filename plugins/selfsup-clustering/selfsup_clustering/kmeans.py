@@ -162,7 +162,10 @@ class Kmeans:
         pca_dim: PCA-whitening dimension (DeepCluster: 256); ``-1`` skips PCA (ODC), and a
             value at least the feature dimension keeps every component (whitening only).
         iterations: Lloyd iterations (faiss's ``niter``, 20 in DeepCluster).
-        seed: seed of the initial centroids.
+        seed: seed of the initial centroids (with ``seed_per_round``, one input of each
+            round's seed, see :meth:`round_seed`).
+        seed_per_round: give every clustering round its own seed (MMSelfSup 0.x draws a fresh
+            one per round, so the initial centroids differ); false: ``seed`` every round.
         init: ``"k-means++"`` (default) or ``"random"`` (``k`` random samples, faiss's and
             the paper's start; faiss always uses its own) for the torch k-means.
         backend: ``"torch"`` (on the features' device), ``"faiss"``, or ``"auto"`` (faiss
@@ -170,7 +173,7 @@ class Kmeans:
     """
 
     def __init__(self, k: int, pca_dim: int = 256, iterations: int = 20, seed: int = 0, init: str = "k-means++",
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", seed_per_round: bool = True) -> None:
         if isinstance(k, bool) or not isinstance(k, int) or k < 2:
             raise ValueError(f"Kmeans: k must be an integer >= 2, got {k!r}")
         if pca_dim != -1 and pca_dim < 1:
@@ -187,6 +190,18 @@ class Kmeans:
         self.seed = seed
         self.init = init
         self.backend = backend
+        self.seed_per_round = bool(seed_per_round)
+
+    def round_seed(self, run_seed: int, round_index: int) -> int:
+        """The k-means seed of clustering round ``round_index`` (0 = before the first epoch):
+        ``seed`` without ``seed_per_round``; else an integer in ``[0, 2**31)`` drawn from a
+        generator seeded by ``(run_seed, seed, round_index)``, so rounds differ and a run
+        (or its resumption) repeats them."""
+        if not self.seed_per_round:
+            return self.seed
+        mixed = ((int(run_seed) * 1_000_003 + int(self.seed)) * 1_000_033 + int(round_index)) % (2**63 - 1)
+        generator = torch.Generator().manual_seed(mixed)
+        return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
     def preprocess(self, features: torch.Tensor) -> torch.Tensor:
         """PCA-whitened (unless ``pca_dim == -1``) and L2-normalised features, float32."""
@@ -201,8 +216,10 @@ class Kmeans:
                               "pip install 'selfsup-clustering[faiss]' or use backend = 'torch'")
         return self.backend == "faiss" or (self.backend == "auto" and faiss_available())
 
-    def cluster(self, features: torch.Tensor) -> torch.Tensor:
-        """Labels ``(N,)`` int64 (on the features' device) of ``features (N, D)``."""
+    def cluster(self, features: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """Labels ``(N,)`` int64 (on the features' device) of ``features (N, D)``; ``seed``
+        overrides ``self.seed`` for this call (a round's seed, :meth:`round_seed`)."""
+        seed = self.seed if seed is None else int(seed)
         n = features.shape[0]
         if n < self.k:
             raise ValueError(f"Kmeans: {n} samples cannot form k = {self.k} clusters; lower k to at most {n} "
@@ -211,8 +228,8 @@ class Kmeans:
             raise ValueError("Kmeans: the features contain NaN or infinite values")
         x = self.preprocess(features)
         if self.use_faiss():
-            return kmeans_faiss(x, self.k, self.iterations, self.seed)
-        labels, _ = kmeans(x, self.k, self.iterations, self.seed, self.init)
+            return kmeans_faiss(x, self.k, self.iterations, seed)
+        labels, _ = kmeans(x, self.k, self.iterations, seed, self.init)
         return labels
 
 

@@ -172,3 +172,30 @@ def test_one_epoch_of_the_fashion_config_lowers_the_loss(run_config, small_value
     state = torch.load(work_dir / "latest.pth", weights_only=True)
     (labels,) = [v["labels"] for k, v in state["hooks"].items() if k.endswith("DeepClusterHook")]
     assert labels.shape == (256,) and labels.max() < 10
+
+
+def test_deepcluster_rounds_get_fresh_reproducible_seeds(setup, monkeypatch) -> None:
+    """0.x draws a new k-means seed every round; ours derive from (run seed, clustering.seed, round)."""
+    from selfsup_clustering.kmeans import Kmeans
+
+    model, dataset, runner, hook, _ = setup()
+    seen: list[int] = []
+    real = Kmeans.cluster
+
+    def record(self, features, seed=None):
+        seen.append(seed)
+        return real(self, features, seed=seed)
+
+    monkeypatch.setattr(Kmeans, "cluster", record)
+    hook.selfsup_before_run(runner)          # round 0
+    runner.epoch = 0
+    hook.selfsup_after_epoch(runner)         # round 1
+    runner.epoch = 1
+    hook.selfsup_after_epoch(runner)         # max_epochs = 3: epoch 1 is not the last -> round 2
+    kmeans = hook.kmeans
+    run_seed = int(runner.settings.seed)
+    assert seen == [kmeans.round_seed(run_seed, r) for r in range(3)]
+    assert len(set(seen)) == 3                                   # every round its own centroids
+    assert kmeans.round_seed(run_seed, 1) == Kmeans(k=2, seed=kmeans.seed).round_seed(run_seed, 1)  # reproducible
+    assert kmeans.round_seed(run_seed + 1, 1) != kmeans.round_seed(run_seed, 1)
+    assert Kmeans(k=2, seed=7, seed_per_round=False).round_seed(run_seed, 5) == 7   # the old behaviour

@@ -11,6 +11,19 @@ Across processes the embeddings of every process are gathered *with their gradie
 ``2N`` rows against the gathered columns (the global loss is the mean over processes, which
 DDP's gradient averaging gives exactly); MMSelfSup computes the same loss but builds the full
 global similarity matrix on every process.
+
+The *gradient* across processes is chosen by ``gather_gradient``:
+
+* ``"mmselfsup"`` (the default; MMSelfSup 0.x's recipe): 0.x's ``GatherLayer`` hands each
+  process back only the gradient of its own slice as that process's copy of the global loss
+  sees it, and DDP then averages over the ``W`` processes, so the parameter gradient is
+  ``1/W`` of the global-batch loss's gradient. With SGD that is an lr ``W`` times smaller;
+  with LARS the trust ratio cancels the scale except on the parameters it excludes (biases,
+  BN), which then move relatively ``W`` times less than under ``"global"``.
+* ``"global"``: the exact gradient of the global-batch loss, as one process on the whole
+  batch (and lightly's ``NTXentLoss(gather_distributed=True)``) computes it.
+
+The loss value is the same in both; on one process they are identical.
 """
 from __future__ import annotations
 
@@ -80,20 +93,34 @@ class SimCLR(BaseAlgorithm):
             channels, ``hid_channels = 2048``, ``out_channels = 128``, ``num_layers = 2``).
         head: ``ContrastiveHead`` (``temperature = 0.1``); receives ``pos (2N, 1)`` and
             ``neg (2N, 2N_total - 2)`` similarity logits.
+        gather_gradient: ``"mmselfsup"`` (default, MMSelfSup 0.x: with ``W`` processes the
+            gradient is ``1/W`` of the global-batch loss's) or ``"global"`` (the exact
+            global-batch gradient, as one process on the whole batch); see the module docstring.
+            Only matters with more than one process.
         init_cfg: initialisation applied to the whole algorithm after its components'.
 
     ``forward_train(img=[view_1, view_2])`` returns ``{"loss": NT-Xent}``.
     """
 
-    def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module, init_cfg: InitCfg = None) -> None:
+    GATHER_GRADIENTS = ("mmselfsup", "global")
+
+    def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module, init_cfg: InitCfg = None,
+                 gather_gradient: str = "mmselfsup") -> None:
         super().__init__(backbone, neck, head, init_cfg=init_cfg)
         if neck is None or head is None:
             raise ValueError("SimCLR: needs a [model.neck] (e.g. NonLinearNeck) and a [model.head] (ContrastiveHead)")
+        if gather_gradient not in self.GATHER_GRADIENTS:
+            raise ValueError(f"SimCLR: gather_gradient must be \"mmselfsup\" (0.x) or \"global\" (exact), "
+                             f"got {gather_gradient!r}")
+        self.gather_gradient = gather_gradient
         self.init_weights()
 
     def forward_train(self, img: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         view_1, view_2 = check_views("SimCLR", img, 2)
         z = self.neck(self.backbone(torch.cat((view_1, view_2), dim=0)))[0]    # (2N, D)
+        world_size = dist.get_world_size()
+        if self.gather_gradient == "mmselfsup" and world_size > 1 and z.requires_grad:
+            z.register_hook(lambda grad: grad / world_size)  # 0.x: GatherLayer + DDP's mean = 1/W
         z_all = dist.all_gather_with_grad(z)
         pos, neg = nt_xent_logits(z, z_all, dist.get_rank())
         return self.head(pos, neg)

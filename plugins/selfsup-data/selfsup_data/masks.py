@@ -47,8 +47,9 @@ class SimMIMMaskGenerator(nn.Module):
 
     The image (``input_size`` pixels square) is cut into ``(input_size / mask_patch_size)**2``
     mask patches; ``ceil(mask_ratio * that count)`` of them, chosen uniformly without
-    replacement, are masked (as SimMIM and MMSelfSup 0.x; a tiny epsilon keeps float noise such
-    as ``0.7 * 10 = 7.000000000000001`` from adding one). Each masked mask patch covers
+    replacement, are masked, in floating point exactly as SimMIM and MMSelfSup 0.x compute it
+    (``int(np.ceil(count * ratio))``): float noise counts, e.g. ``100 * 0.07 =
+    7.000000000000001`` masks 8 of 100. Each masked mask patch covers
     ``(mask_patch_size / model_patch_size)**2`` entries of the returned mask.
 
     Args:
@@ -79,7 +80,7 @@ class SimMIMMaskGenerator(nn.Module):
         self.rand_size = input_size // mask_patch_size
         self.scale = mask_patch_size // model_patch_size
         self.token_count = self.rand_size ** 2
-        self.mask_count = min(self.token_count, math.ceil(self.token_count * self.mask_ratio - 1e-9))
+        self.mask_count = min(self.token_count, math.ceil(self.token_count * self.mask_ratio))
 
     def generate(self) -> torch.Tensor:
         """One mask: BoolTensor (input_size/model_patch_size, input_size/model_patch_size)."""

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from selfsup_core.engine import dist
-from selfsup_core.engine.data import build_loader, device_transform_of, images_of, to_device
+from selfsup_core.engine.data import build_loader, device_transform_of, images_of, loader_batches, to_device
 from selfsup_core.engine.evaluation import EvalContext
 
 FEATURES = ("extract", "backbone", "neck")
@@ -131,7 +131,7 @@ def iterate_batches(context: EvalContext, dataset: Any, loader: Any):
     device = context.device
     non_blocking = device.type == "cuda"
     transform = device_transform_of(dataset, device)
-    for batch in loader:
+    for batch in loader_batches(loader):
         batch = to_device(batch, device, non_blocking)
         if transform is not None:
             with torch.no_grad():

@@ -94,7 +94,7 @@ batch_size = 32
 
 
 def _selfsup(args, env, cwd):
-    return subprocess.run([sys.executable, "-m", "selfsup_core.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "selfsup_core.cli", *args, "--allow-import-paths"], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
 

@@ -53,7 +53,8 @@ class MAEPretrainHead(BaseModule):
 
     Args:
         norm_pix: normalise each target patch by its own mean and variance
-            (``(t - mean) / sqrt(var + 1e-6)``, unbiased=False) before the loss (the paper's
+            (``(t - mean) / sqrt(var + 1e-6)`` with the unbiased variance, dividing by
+            ``p*p*C - 1``, as MMSelfSup 0.x and the official MAE code) before the loss (the paper's
             "norm_pix_loss", better representations).
         patch_size: the encoder's patch side in pixels.
         init_cfg: unused (no parameters); accepted as every component does.
@@ -75,7 +76,7 @@ class MAEPretrainHead(BaseModule):
         target = patchify(_float(img), self.patch_size)
         if self.norm_pix:
             mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True, unbiased=False)
+            var = target.var(dim=-1, keepdim=True, unbiased=True)
             target = (target - mean) / (var + 1.0e-6) ** 0.5
         return target
 

@@ -115,14 +115,15 @@ def test_mae_loss_counts_only_masked_patches_hand_computed():
 
 def test_mae_norm_pix_target_hand_computed():
     img = torch.tensor([[[[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]]])
-    # patch 1 = [3, 4, 7, 8]: mean 5.5, biased var (6.25 + 2.25 + 2.25 + 6.25) / 4 = 4.25
-    std = math.sqrt(4.25 + 1e-6)
+    # patch 1 = [3, 4, 7, 8]: mean 5.5, unbiased var (6.25 + 2.25 + 2.25 + 6.25) / 3 = 17 / 3
+    # (0.x and the official MAE: torch's default Tensor.var)
+    std = math.sqrt(17 / 3 + 1e-6)
     target = [(v - 5.5) / std for v in (3.0, 4.0, 7.0, 8.0)]
     pred = torch.zeros(1, 2, 4)
     expected = sum(t * t for t in target) / 4      # zero prediction: mean of squared targets
     loss = MAEPretrainHead(norm_pix=True, patch_size=2)(img, pred, torch.tensor([[0.0, 1.0]]))["loss"]
     assert loss.item() == pytest.approx(expected, rel=1e-5)
-    assert expected == pytest.approx(1.0, rel=1e-5)   # a normalised patch has unit variance
+    assert expected == pytest.approx(0.75, rel=1e-5)  # (n - 1) / n with the unbiased variance
 
 
 def test_mae_forward_train_loss_backpropagates_to_encoder_and_decoder():

@@ -385,6 +385,20 @@ class SwAVNeck(BaseModule):
             self.projection_neck = _mlp(in_channels, hid_channels, out_channels, with_norm=True, norm_cfg=norm_cfg)
         self.init_weights()
 
+    def adapt_state_dict(self, state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+        """Fit a MMSelfSup 0.x SwAV checkpoint (in place, also returned; called by the
+        ``Pretrained`` loader with this neck's key ``prefix``): 0.x registers the projector's
+        norm twice, as ``bn`` and as ``projection_neck.1``, so its state dict holds every norm
+        tensor under both names; the ``bn.*`` copies are dropped (moved to
+        ``projection_neck.1.*`` when that copy is absent)."""
+        alias = prefix + "bn."
+        for key in [k for k in state if k.startswith(alias)]:
+            target = prefix + "projection_neck.1." + key[len(alias):]
+            value = state.pop(key)
+            if target not in state and isinstance(self.projection_neck, nn.Sequential):
+                state[target] = value
+        return state
+
     def forward_projection(self, feat: torch.Tensor) -> torch.Tensor:
         """Project ``(n, in_channels)`` vectors (and L2-normalise them when configured)."""
         if self.projection_neck is not None:

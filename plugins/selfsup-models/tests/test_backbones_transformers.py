@@ -157,10 +157,10 @@ def test_sincos_position_embedding():
     assert torch.equal(emb[0, 0], torch.zeros(8))
     # grid position (h=0, w=0): sin parts 0, cos parts 1
     assert torch.equal(emb[0, 1], torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]))
-    # position (h=1, w=2), first frequency is 1: sin(2), cos(2), sin(1), cos(1)
+    # position (h=1, w=2), first frequency is 1: sin(1), cos(1), sin(2), cos(2) (0.x: the row first)
     row = emb[0, 1 + 5]
-    torch.testing.assert_close(row[[0, 2, 4, 6]], torch.tensor([2.0, 2.0, 1.0, 1.0]).sin().mul(
-        torch.tensor([1.0, 0, 1, 0])) + torch.tensor([2.0, 2.0, 1.0, 1.0]).cos().mul(torch.tensor([0.0, 1, 0, 1])))
+    torch.testing.assert_close(row[[0, 2, 4, 6]], torch.tensor([1.0, 1.0, 2.0, 2.0]).sin().mul(
+        torch.tensor([1.0, 0, 1, 0])) + torch.tensor([1.0, 1.0, 2.0, 2.0]).cos().mul(torch.tensor([0.0, 1, 0, 1])))
     model = _vit(pos_embed_type="sincos")
     assert not model.pos_embed.requires_grad
     torch.testing.assert_close(model.pos_embed.data, build_2d_sincos_position_embedding(4, 4, 32, cls_token=True))

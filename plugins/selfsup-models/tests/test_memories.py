@@ -63,9 +63,9 @@ FEATURES = np.array(
 LABELS = np.array([0, 0, 0, 1, 1, 1, 2])
 
 
-def odc_memory() -> ODCMemory:
+def odc_memory(split: str = "kmeans") -> ODCMemory:
     memory = build({"type": "ODCMemory", "length": 7, "feat_dim": 2, "momentum": 0.5, "num_classes": 3,
-                    "min_cluster": 2}, "memories")
+                    "min_cluster": 2, "split": split}, "memories")
     memory.init_memory(FEATURES * 2, LABELS)  # features are normalised on the way in
     return memory
 
@@ -102,8 +102,11 @@ def test_odc_update_samples_memory_by_hand():
     assert memory.label_bank.tolist() == [0, 0, 1, 1, 1, 1, 2]
 
 
-def test_odc_centroids_and_small_cluster_reassignment_by_hand():
-    memory = odc_memory()
+@pytest.mark.parametrize("split", ["two_means", "kmeans"])
+def test_odc_centroids_and_small_cluster_reassignment_by_hand(split):
+    if split == "kmeans":
+        pytest.importorskip("sklearn")
+    memory = odc_memory(split)
     memory.update_samples_memory(torch.tensor([2, 6]), torch.tensor([[0.0, 3.0], [0.0, -2.0]]))
     memory.update_centroids_memory()
     s5 = math.sqrt(5)
@@ -114,12 +117,17 @@ def test_odc_centroids_and_small_cluster_reassignment_by_hand():
     # centroids 0 ([1, 0]: -0.707) and 1 (-0.838) -> 0. Cluster 2 is then refilled from the
     # largest cluster 1 = samples {2, 3, 4, 5}: 2-means starts from sample 5 (farthest from the
     # mean) and sample 3 (farthest from sample 5) and splits {2, 5} | {3, 4}; {3, 4} -> cluster 2.
-    assert memory.label_bank.tolist() == [0, 0, 1, 2, 2, 1, 0]
-    torch.testing.assert_close(memory.centroids[1], torch.tensor([(1 / s5 + 0.6) / 2, (2 / s5 + 0.8) / 2]))
-    torch.testing.assert_close(memory.centroids[2], torch.tensor([0.0, 1.0]))
+    # scikit-learn's KMeans (0.x's split) finds the same halves but labels {2, 5} as 1, and 0.x
+    # gives the emptied cluster's label to the half labelled 1.
+    labels = [0, 0, 1, 2, 2, 1, 0] if split == "two_means" else [0, 0, 2, 1, 1, 2, 0]
+    assert memory.label_bank.tolist() == labels
+    pair = torch.tensor([(1 / s5 + 0.6) / 2, (2 / s5 + 0.8) / 2])
+    moved, stayed = (2, 1) if split == "two_means" else (1, 2)
+    torch.testing.assert_close(memory.centroids[stayed], pair)
+    torch.testing.assert_close(memory.centroids[moved], torch.tensor([0.0, 1.0]))
     torch.testing.assert_close(memory.centroids[0], torch.tensor([1.0, 0.0]))  # only the split pair is updated
     memory.deal_with_small_clusters()  # nothing small any more: no change
-    assert memory.label_bank.tolist() == [0, 0, 1, 2, 2, 1, 0]
+    assert memory.label_bank.tolist() == labels
 
 
 def test_odc_update_centroids_subset_keeps_empty_clusters():

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from selfsup_core.engine import dist
-from selfsup_core.engine.data import build_loader, to_device
+from selfsup_core.engine.data import build_loader, loader_batches, to_device
 from selfsup_core.engine.evaluation import EvalContext
 
 
@@ -86,7 +86,7 @@ class PretextAccuracy:
         remaining = len(range(context.rank, length, context.world_size))  # this shard without the padding
         counts = torch.zeros(2, dtype=torch.long, device=context.device)  # correct, total
         with context.eval_mode() as model:
-            for batch in loader:
+            for batch in loader_batches(loader):
                 if remaining <= 0:
                     break
                 if not isinstance(batch, Mapping):

@@ -1,12 +1,11 @@
 """``NumpyArrays``: images and labels from an ``.npz`` file."""
 from __future__ import annotations
 
-import os
 import zipfile
 
 import numpy as np
 
-from .base import ArraySource, as_str_path, missing_path, resolve_classes
+from .base import ArraySource, as_str_path, check_file, resolve_classes
 
 
 class NumpyArrays(ArraySource):
@@ -35,8 +34,7 @@ class NumpyArrays(ArraySource):
         color_type: str = "unchanged",
     ) -> None:
         path = as_str_path(file)
-        if not os.path.isfile(path):
-            raise missing_path("NumpyArrays", "file", path, "give an .npz file written with numpy.savez")
+        check_file("NumpyArrays", "file", path, "give an .npz file written with numpy.savez")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 keys = list(npz.files)

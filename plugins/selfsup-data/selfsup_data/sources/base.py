@@ -15,23 +15,40 @@ array-backed sources keep uint8 numpy arrays in memory.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from selfsup_core.errors import SelfSupError, unwrap_worker_message
 
 COLOR_TYPES = ("color", "grayscale", "unchanged")
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}
 
 
-class BadSampleError(RuntimeError):
-    """An image file that cannot be opened or decoded; ``path`` names it."""
+class BadSampleError(SelfSupError, RuntimeError):
+    """An image file that cannot be opened or decoded; ``path`` names it.
 
-    def __init__(self, path: str, reason: str) -> None:
+    A :class:`~selfsup_core.errors.SelfSupError`: ``selfsup-run`` prints its one line and exits
+    with status 2. Raised in a DataLoader worker, torch rebuilds it in the main process from
+    the worker's traceback text (``BadSampleError(text)``, no ``reason``); the original
+    message, path and reason are recovered from that text."""
+
+    def __init__(self, path: str, reason: str | None = None) -> None:
+        if reason is None:  # rebuilt by torch from a worker's "Caught BadSampleError ..." text
+            message = unwrap_worker_message(path) or path
+            found, _, reason = message.removeprefix(_PREFIX).partition(": ")
+            path = found if message.startswith(_PREFIX) else ""
         self.path = path
         self.reason = reason
-        super().__init__(f"cannot read image {path}: {reason}")
+        super().__init__(f"{_PREFIX}{path}: {reason}" if path else reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.reason)
+
+
+_PREFIX = "cannot read image "
 
 
 def check_color_type(owner: str, color_type: str) -> str:
@@ -83,6 +100,43 @@ def load_image(path: str, color_type: str = "color") -> Image.Image:
 def missing_path(owner: str, argument: str, path: str, fix: str) -> FileNotFoundError:
     """A one-line ``FileNotFoundError`` naming the argument, the path and the fix."""
     return FileNotFoundError(f"{owner}: {argument} {path!r} does not exist; {fix}")
+
+
+def check_folder(owner: str, argument: str, path: str, fix: str) -> None:
+    """Refuse ``path`` given as ``argument`` unless it is a folder: one line saying whether it
+    does not exist, is a dangling symlink or is a file, and the fix. Never looks elsewhere."""
+    if os.path.isdir(path):
+        return
+    if os.path.islink(path) and not os.path.exists(path):
+        raise FileNotFoundError(f"{owner}: {argument} {path!r} is a symlink to {os.readlink(path)!r}, which does "
+                                f"not exist; {fix}")
+    if os.path.exists(path):
+        raise NotADirectoryError(f"{owner}: {argument} {path!r} is a file, not a folder; {fix}")
+    raise missing_path(owner, argument, path, fix)
+
+
+def check_file(owner: str, argument: str, path: str, fix: str) -> None:
+    """Refuse ``path`` given as ``argument`` unless it is a file (see :func:`check_folder`)."""
+    if os.path.isfile(path):
+        return
+    if os.path.islink(path) and not os.path.exists(path):
+        raise FileNotFoundError(f"{owner}: {argument} {path!r} is a symlink to {os.readlink(path)!r}, which does "
+                                f"not exist; {fix}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{owner}: {argument} {path!r} is a folder, not a file; {fix}")
+    raise missing_path(owner, argument, path, fix)
+
+
+def announce(message: str) -> None:
+    """One informational line on stderr (from the first process of a distributed run only,
+    once per message per process): e.g. which copy of a dataset a source found by itself."""
+    if message in _ANNOUNCED or os.environ.get("RANK", "0") not in ("", "0"):
+        return
+    _ANNOUNCED.add(message)
+    print(message, file=sys.stderr, flush=True)
+
+
+_ANNOUNCED: set[str] = set()
 
 
 class DataSource:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ArraySource, as_str_path, missing_path
+from .base import ArraySource, as_str_path, check_folder
 
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
@@ -77,8 +77,9 @@ class _CIFAR(ArraySource):
         for name in files:
             path = os.path.join(folder, name)
             if not os.path.isfile(path):
-                raise missing_path(owner, "root", path, f"extract the official python version of {owner} "
-                                   f"({self.base_folder}) into root")
+                where = folder if folder == root else f"{root} or {folder}"
+                raise FileNotFoundError(f"{owner}: root {root!r} has no {name} (looked in {where}); extract the "
+                                        f"official python version of {owner} ({self.base_folder}) into root")
             batch = load_pickle(path, owner)
             if "data" not in batch or self.label_key not in batch:
                 raise ValueError(f"{owner}: {path} has no 'data'/'{self.label_key}' entries; is it a {owner} batch?")
@@ -102,8 +103,7 @@ class _CIFAR(ArraySource):
 
     def _find_folder(self, root: str) -> str:
         owner = type(self).__name__
-        if not os.path.isdir(root):
-            raise missing_path(owner, "root", root, f"give the extracted '{self.base_folder}' folder or its parent")
+        check_folder(owner, "root", root, f"give the extracted '{self.base_folder}' folder or its parent")
         nested = os.path.join(root, self.base_folder)
         if os.path.isdir(nested) and not os.path.isfile(os.path.join(root, self.test_files[0])):
             return nested

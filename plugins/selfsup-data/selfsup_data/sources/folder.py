@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from .base import DataSource, as_str_path, check_color_type, load_image, missing_path, resolve_classes
+from .base import DataSource, as_str_path, check_color_type, check_file, check_folder, load_image, resolve_classes
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
@@ -56,8 +56,7 @@ def scan_folder(
         ``(paths relative to root, int64 labels (-1 when unlabelled), class names or None)``,
         sorted by relative path.
     """
-    if not os.path.isdir(root):
-        raise missing_path(owner, "root", root, "give a folder of images (class sub-folders or a flat folder)")
+    check_folder(owner, "root", root, "give a folder of images (class sub-folders or a flat folder)")
     entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
     top_files = [e for e in entries if is_image_file(e) and os.path.isfile(os.path.join(root, e))]
     subdirs = [e for e in entries if os.path.isdir(os.path.join(root, e))]
@@ -204,12 +203,10 @@ class ImageList(_ImageFiles):
         color_type: str = "color",
     ) -> None:
         self.ann_file = as_str_path(ann_file)
-        if not os.path.isfile(self.ann_file):
-            raise missing_path("ImageList", "ann_file", self.ann_file, "give a text file of 'path [label]' lines "
-                               "(selfsup-data-convert imagelist ROOT -o FILE writes one)")
+        check_file("ImageList", "ann_file", self.ann_file, "give a text file of 'path [label]' lines "
+                   "(selfsup-data-convert imagelist ROOT -o FILE writes one)")
         self.root = as_str_path(root) if root is not None else os.path.dirname(os.path.abspath(self.ann_file))
-        if not os.path.isdir(self.root):
-            raise missing_path("ImageList", "root", self.root, "give the folder the listed paths are relative to")
+        check_folder("ImageList", "root", self.root, "give the folder the listed paths are relative to")
         self.color_type = check_color_type("ImageList", color_type)
         self.CLASSES = resolve_classes("ImageList", classes)
         self.paths, self.labels = parse_image_list(self.ann_file)

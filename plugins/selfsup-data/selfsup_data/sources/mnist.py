@@ -3,8 +3,11 @@
 Files (standard names): ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
 ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``, each optionally ending in ``.gz``.
 They are looked for in ``root``, then ``root/raw``, ``root/<Name>/raw`` and ``root/<name>``
-(torchvision's and common layouts); Fashion-MNIST also in
-``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``).
+(torchvision's and common layouts). A ``root`` given is used or refused (it does not exist,
+is a file, or lacks the images or the labels file), never replaced by another copy. Without
+``root``, Fashion-MNIST is read from ``data/fashion-mnist`` (in the working directory), else
+``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``), and a line
+on stderr says which files were read.
 
 IDX format: a big-endian header ``00 00 <type> <ndim>`` (type ``0x08`` = unsigned byte),
 ``ndim`` int32 sizes, then the data. Images have ndim 3 ``(N, 28, 28)``; labels ndim 1.
@@ -17,9 +20,11 @@ import struct
 
 import numpy as np
 
-from .base import ArraySource, as_str_path
+from .base import ArraySource, announce, as_str_path, check_folder
 
 SYSTEM_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+#: Where the shipped configs' users put their copy (relative to the working directory).
+LOCAL_FASHION_MNIST = "data/fashion-mnist"
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -89,20 +94,10 @@ class _IDXSource(ArraySource):
         self.root = as_str_path(root) if root is not None else None
         self.split = split
         image_name, label_name = _FILES[split]
-        folders = self._candidate_folders()
-        for folder in folders:
-            image_path = _find_file([folder], image_name)
-            label_path = _find_file([folder], label_name)
-            if image_path and label_path:
-                break
+        if self.root is not None:  # used or refused, never replaced by another copy
+            image_path, label_path = self._find_in_root(image_name, label_name)
         else:
-            where = f"root {self.root!r}" if self.root is not None else "root (not given)"
-            if self.root is not None and not os.path.isdir(self.root):
-                where = f"root {self.root!r} does not exist"
-            else:
-                where = f"no {image_name}[.gz] with {label_name}[.gz] in {where}"
-            extra = f" or {', '.join(self.system_dirs)}" if self.system_dirs else ""
-            raise FileNotFoundError(f"{owner}: {where}{extra}; {self.fix}")
+            image_path, label_path = self._find_default(image_name, label_name)
         images = read_idx(image_path, 3)
         labels = read_idx(label_path, 1)
         if len(images) != len(labels):
@@ -112,30 +107,59 @@ class _IDXSource(ArraySource):
         super().__init__(images, labels, self.names, color_type, origin=image_path)
         self.image_file, self.label_file = image_path, label_path
 
-    def _candidate_folders(self) -> list[str]:
-        folders: list[str] = []
-        if self.root is not None:
-            name = type(self).__name__
-            folders += [self.root, os.path.join(self.root, "raw"), os.path.join(self.root, name, "raw"),
-                        os.path.join(self.root, name.lower()), os.path.join(self.root, name)]
-        folders += list(self.system_dirs)
-        return folders
+    def _find_in_root(self, image_name: str, label_name: str) -> tuple[str, str]:
+        """The IDX pair in the given ``root`` (or its ``raw/``, ``<Name>/raw/`` ... layouts);
+        a root that is not a folder or lacks either file is refused in one line."""
+        owner = type(self).__name__
+        assert self.root is not None
+        check_folder(owner, "root", self.root, self.fix)
+        name = type(self).__name__
+        folders = [self.root, os.path.join(self.root, "raw"), os.path.join(self.root, name, "raw"),
+                   os.path.join(self.root, name.lower()), os.path.join(self.root, name)]
+        half = None
+        for folder in folders:
+            image_path, label_path = _find_file([folder], image_name), _find_file([folder], label_name)
+            if image_path and label_path:
+                return image_path, label_path
+            if half is None and (image_path or label_path):
+                half = (image_path, label_path)
+        if half is not None:
+            found, lacking = (half[0], label_name) if half[0] else (half[1], image_name)
+            raise FileNotFoundError(f"{owner}: root {self.root!r} has {found} but no {lacking}[.gz] next to it; "
+                                    f"{self.fix}")
+        raise FileNotFoundError(
+            f"{owner}: root {self.root!r} has no {image_name}[.gz] with {label_name}[.gz] (looked in it and its "
+            f"raw/, {name}/raw/, {name.lower()}/, {name}/ folders); {self.fix}")
+
+    def _find_default(self, image_name: str, label_name: str) -> tuple[str, str]:
+        """No root given: the first of :attr:`system_dirs` with the IDX pair, announced on stderr."""
+        owner = type(self).__name__
+        for folder in self.system_dirs:
+            image_path, label_path = _find_file([folder], image_name), _find_file([folder], label_name)
+            if image_path and label_path:
+                announce(f"{owner}: no root given; reading {os.path.abspath(image_path)} and "
+                         f"{os.path.abspath(label_path)}")
+                return image_path, label_path
+        searched = f" in {', '.join(self.system_dirs)}" if self.system_dirs else ""
+        raise FileNotFoundError(f"{owner}: root is not given and there is no {image_name}[.gz] with "
+                                f"{label_name}[.gz]{searched}; {self.fix}")
 
 
 class FashionMNIST(_IDXSource):
     """Fashion-MNIST (60000 train / 10000 test 28x28 grey images, 10 classes).
 
     Args:
-        root: folder with the IDX files (also searched: ``raw/``, ``FashionMNIST/raw/``);
-            default and fallback ``/usr/share/datasets/fashion-mnist``.
+        root: folder with the IDX files (also searched: ``raw/``, ``FashionMNIST/raw/``); a
+            wrong one is refused. Default (not given): ``data/fashion-mnist``, else
+            ``/usr/share/datasets/fashion-mnist``.
         split: ``"train"`` or ``"test"``.
         color_type: ``"grayscale"`` (mode L, default) or ``"color"`` (3-channel RGB copies, for
             backbones and pipelines that expect 3 channels).
     """
 
-    system_dirs = (SYSTEM_FASHION_MNIST,)
-    fix = ("install the files with 'apt-get install -y dataset-fashion-mnist' or put the Fashion-MNIST "
-           "IDX files (train-images-idx3-ubyte.gz ...) in root")
+    system_dirs = (LOCAL_FASHION_MNIST, SYSTEM_FASHION_MNIST)
+    fix = ("put the Fashion-MNIST IDX files (train-images-idx3-ubyte.gz ...) in root, or leave root out to read "
+           "the copy 'apt-get install -y dataset-fashion-mnist' installs")
     names = FASHION_MNIST_CLASSES
 
 

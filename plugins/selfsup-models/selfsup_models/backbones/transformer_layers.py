@@ -124,22 +124,28 @@ class TransformerEncoderLayer(nn.Module):
 def build_2d_sincos_position_embedding(
     grid_h: int, grid_w: int, dim: int, temperature: float = 10000.0, cls_token: bool = False
 ) -> torch.Tensor:
-    """Fixed 2-d sin-cos position embedding (MoCo v3 / MAE).
+    """Fixed 2-d sin-cos position embedding (MoCo v3 / MAE), MMSelfSup 0.x's layout.
 
-    Returns ``(1, grid_h * grid_w (+1 with cls_token), dim)``; the first quarter of the
-    channels is ``sin(w * omega)``, then ``cos(w * omega)``, ``sin(h * omega)``,
-    ``cos(h * omega)``; the cls-token row is zeros. ``dim`` must be divisible by 4.
+    Returns ``(1, grid_h * grid_w (+1 with cls_token), dim)`` float32 for the row-major patch
+    tokens (token ``r * grid_w + c`` at row ``r``, column ``c``); with
+    ``omega_k = 1 / temperature ** (k / (dim / 4))`` the four quarters of the channels are
+    ``sin(r * omega)``, ``cos(r * omega)``, ``sin(c * omega)``, ``cos(c * omega)``; the
+    cls-token row is zeros. Computed in float32 as 0.x's ``build_2d_sincos_position_embedding``
+    (and MoCo v3's code), whose square grids give exactly this (0.x names the row index
+    ``grid_w``); the official MAE code (and earlier versions of this function) put the column first,
+    the transpose (a checkpoint keeps the embedding it was trained with: it is loaded as saved).
+    ``dim`` must be divisible by 4.
     """
     if dim % 4 != 0:
         raise ValueError(f"sin-cos position embedding needs an embedding dim divisible by 4, got {dim}")
-    gh, gw = torch.meshgrid(
-        torch.arange(grid_h, dtype=torch.float64), torch.arange(grid_w, dtype=torch.float64), indexing="ij"
+    rows, cols = torch.meshgrid(
+        torch.arange(grid_h, dtype=torch.float32), torch.arange(grid_w, dtype=torch.float32), indexing="ij"
     )
     quarter = dim // 4
-    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / quarter)
-    out_w = gw.flatten()[:, None] * omega[None]
-    out_h = gh.flatten()[:, None] * omega[None]
-    emb = torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1).float()
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    out_r = rows.flatten()[:, None] * omega[None]
+    out_c = cols.flatten()[:, None] * omega[None]
+    emb = torch.cat([out_r.sin(), out_r.cos(), out_c.sin(), out_c.cos()], dim=1)
     if cls_token:
         emb = torch.cat([torch.zeros(1, dim), emb], dim=0)
     return emb.unsqueeze(0)

@@ -87,6 +87,11 @@ class LatentClsHead(BaseModule):
         return {"loss": self.criterion(pred, label)}
 
 
+def _at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 as float32; float32 and float64 as they are."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
     """The ``n*(n-1)`` off-diagonal entries of a square matrix, flattened."""
     n, m = matrix.shape
@@ -110,8 +115,8 @@ class LatentCrossCorrelationHead(BaseModule):
         init_cfg: accepted for uniformity (no learnable weights).
 
     ``forward(input (N, D), target (N, D)) -> {"loss": scalar}``, computed in float32 even
-    under autocast. Each process's gradient is that of its own batch's contribution to ``c``
-    (DDP then averages the processes).
+    under autocast, in float64 when the head is (``.double()``). Each process's gradient is
+    that of its own batch's contribution to ``c`` (DDP then averages the processes).
     """
 
     def __init__(self, in_channels: int, lambd: float = 0.0051, init_cfg: InitCfg = None) -> None:
@@ -124,7 +129,11 @@ class LatentCrossCorrelationHead(BaseModule):
         world_size = dist.get_world_size() if dist.is_distributed() else 1
         # float32 even under autocast: c sums N products per entry and its square is summed D^2 times
         with torch.autocast(device_type=input.device.type, enabled=False):
-            corr = self.bn(input.float()).T @ self.bn(target.float()) / (input.size(0) * world_size)
+            # the dtype of the head's own bn (float64 after .double()), else at least float32
+            stats = self.bn.running_mean
+            dtype = stats.dtype if stats is not None else _at_least_float32(input).dtype
+            input, target = input.to(dtype), target.to(dtype)
+            corr = self.bn(input).T @ self.bn(target) / (input.size(0) * world_size)
         if world_size > 1:
             total = dist.all_reduce(corr.detach().clone(), op="sum")
             corr = corr + (total - corr.detach())  # value: the global sum; gradient: this process's part

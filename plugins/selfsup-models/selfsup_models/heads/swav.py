@@ -28,7 +28,8 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
             the sample (row) sums.
 
     Returns:
-        ``Q`` of shape ``(B, K)``, float32, without gradient. What sums to what:
+        ``Q`` of shape ``(B, K)`` without gradient, in the dtype of ``scores`` (float32 for
+        float16/bfloat16 scores, which are computed in float32). What sums to what:
 
         - each **row** (one sample) sums to exactly 1 (the final step of every iteration
           divides each sample's row by its sum; ``Q`` is then scaled by ``B_total``), so a
@@ -41,7 +42,9 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
         With ``iterations = 0``, ``Q = B_total * exp(scores/eps) / sum(exp(scores/eps))``
         (all entries of the global batch sum to ``B_total``).
     """
-    scores = scores.detach().float()
+    scores = scores.detach()
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
     # Subtracting the global maximum leaves Q unchanged after normalisation and avoids overflow.
     top = dist.all_reduce(scores.max().clone(), op="max")
     q = torch.exp((scores - top) / epsilon).t()  # (K, B)

@@ -43,6 +43,21 @@ def two_means(features: torch.Tensor, iterations: int = 20) -> torch.Tensor:
     return mask
 
 
+SPLITS = ("kmeans", "two_means")
+
+
+def sklearn_two_means(features: torch.Tensor) -> torch.Tensor:
+    """MMSelfSup 0.x's split of the largest cluster: scikit-learn
+    ``KMeans(n_clusters=2, random_state=0, max_iter=20, n_init=10)`` fitted on ``features
+    (M, D)`` (on the CPU, in their dtype); returns the bool mask of ``labels_ == 1`` (M,), the
+    half 0.x gives the emptied cluster's label. ``n_init=10`` is scikit-learn's default of
+    0.x's time (it became 1 in scikit-learn 1.4)."""
+    from sklearn.cluster import KMeans  # optional dependency, checked by ODCMemory(split="kmeans")
+
+    fitted = KMeans(n_clusters=2, random_state=0, max_iter=20, n_init=10).fit(features.detach().cpu().numpy())
+    return torch.from_numpy(fitted.labels_ == 1).to(features.device)
+
+
 class ODCMemory(BaseModule):
     """Online Deep Clustering memories.
 
@@ -65,6 +80,11 @@ class ODCMemory(BaseModule):
         num_classes: number of clusters.
         min_cluster: clusters with fewer samples are dissolved by
             :meth:`deal_with_small_clusters`.
+        split: how the largest cluster is halved to refill an emptied one: ``"kmeans"``
+            (default, MMSelfSup 0.x: scikit-learn's ``KMeans``, see :func:`sklearn_two_means`;
+            needs ``pip install scikit-learn``) or ``"two_means"`` (this package's
+            deterministic torch 2-means, :func:`two_means`, no extra dependency; its halves
+            can differ from 0.x's).
         init_cfg: accepted for uniformity (no learnable weights).
     """
 
@@ -75,9 +95,19 @@ class ODCMemory(BaseModule):
         momentum: float,
         num_classes: int,
         min_cluster: int = 20,
+        split: str = "kmeans",
         init_cfg: InitCfg = None,
     ) -> None:
         super().__init__(init_cfg)
+        if split not in SPLITS:
+            raise ValueError(f"ODCMemory: split must be \"kmeans\" (0.x, scikit-learn) or \"two_means\", got {split!r}")
+        if split == "kmeans":
+            try:
+                import sklearn.cluster  # noqa: F401
+            except ImportError as exc:
+                raise ValueError("ODCMemory: split = \"kmeans\" (MMSelfSup 0.x's split) needs scikit-learn, which is not "
+                                 "installed; pip install scikit-learn, or set split = \"two_means\"") from exc
+        self.split = split
         if length <= 0 or feat_dim <= 0 or num_classes <= 1:
             raise ValueError(
                 f"ODCMemory: length and feat_dim must be > 0 and num_classes > 1, "
@@ -163,9 +193,9 @@ class ODCMemory(BaseModule):
 
         Each sample of a small cluster moves to the most similar centroid among the clusters
         that are not small. Each emptied cluster then takes half of the currently largest
-        cluster: that cluster is split in two by 2-means on its features (by index halves if
-        2-means leaves a side empty), the second part gets the emptied cluster's label, and
-        both centroids are recomputed.
+        cluster: that cluster is split in two by 2-means on its features (``split``; by index
+        halves if 2-means leaves a side empty), the part labelled 1 gets the emptied cluster's
+        label, and both centroids are recomputed.
         """
         counts = torch.bincount(self.label_bank, minlength=self.num_classes)
         small = torch.nonzero(counts < self.min_cluster).flatten()
@@ -200,7 +230,7 @@ class ODCMemory(BaseModule):
         features = self.feature_bank[members]
         if not torch.isfinite(features).all():
             raise ValueError("ODCMemory: the samples memory holds non-finite features")
-        second = two_means(features)
+        second = sklearn_two_means(features) if self.split == "kmeans" else two_means(features)
         if second.all() or not second.any():
             second = torch.zeros_like(second)
             second[members.numel() // 2 :] = True
