@@ -63,12 +63,28 @@ def test_safetensors_round_trip_keeps_every_dtype_shape_and_value(tmp_path: Path
     path = tmp_path / "w.safetensors"
     safetensors_io.save_file(tensors, path, metadata={"format": "pt", "epoch": 3})
     loaded = safetensors_io.load_file(path)
-    assert list(loaded) == list(tensors)
+    assert sorted(loaded) == sorted(tensors)
     for name, tensor in tensors.items():
         assert loaded[name].dtype == tensor.dtype and loaded[name].shape == tensor.shape, name
         assert torch.equal(loaded[name], tensor), name
     assert safetensors_io.read_metadata(path) == {"format": "pt", "epoch": "3"}
     assert (8 + int.from_bytes(path.read_bytes()[:8], "little")) % 8 == 0  # data aligned as the reference writes it
+
+
+def test_safetensors_reads_unsigned_and_complex_tensors_and_writes_shared_ones(tmp_path: Path) -> None:
+    st = pytest.importorskip("safetensors.torch")
+    tensors = {"u16": torch.tensor([0, 7, 65535], dtype=torch.uint16), "u32": torch.tensor([1, 2**32 - 1], dtype=torch.uint32),
+               "u64": torch.tensor([3, 2**63], dtype=torch.uint64), "c64": torch.randn(3, dtype=torch.complex64)}
+    theirs = tmp_path / "theirs.safetensors"
+    st.save_file(tensors, str(theirs))
+    loaded = safetensors_io.load_file(theirs)
+    for name, tensor in tensors.items():
+        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor), name
+    weight = torch.randn(4, 4)
+    tied = {"embed": weight, "head": weight, "half": weight[:2]}  # shared storage: the package alone refuses
+    safetensors_io.save_file(tied, tmp_path / "tied.safetensors")
+    back = safetensors_io.load_file(tmp_path / "tied.safetensors")
+    assert torch.equal(back["embed"], weight) and torch.equal(back["head"], weight) and torch.equal(back["half"], weight[:2])
 
 
 def test_safetensors_files_agree_with_the_safetensors_package(tmp_path: Path) -> None:
@@ -92,7 +108,7 @@ def test_a_file_that_is_not_safetensors_is_one_clear_error(tmp_path: Path) -> No
     truncated = tmp_path / "cut.safetensors"
     safetensors_io.save_file({"w": torch.randn(100)}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:-40])
-    with pytest.raises(safetensors_io.SafetensorsError, match="'w' lies outside the file"):
+    with pytest.raises(safetensors_io.SafetensorsError, match="cut.safetensors: a tensor lies outside the file"):
         safetensors_io.load_file(truncated)
 
 
