@@ -233,7 +233,7 @@ def load_command_config(args: argparse.Namespace) -> Any:
     from .config import load_config
 
     config = load_config(args.config, args.cfg_options)
-    _plugins.get_plugin_manager().hook.selfsup_process_config(config=config)
+    _plugins.prepare_config(config)
     _refuse_import_paths(config)
     return config
 

@@ -54,6 +54,8 @@ class Config:
     data: dict[str, Any]
     filename: str = "<config>"
     origins: dict[KeyPath, str] = attrs.field(factory=dict, repr=False)
+    #: True once the plugins' ``selfsup_process_config`` hooks ran on it (:func:`prepare_config`).
+    processed: bool = attrs.field(default=False, repr=False, eq=False)
 
     def origin(self, path: Sequence[str | int]) -> str:
         """The file that set ``path`` (or its nearest ancestor that has a record)."""

@@ -13,8 +13,10 @@ then the run's ``[[hooks]]`` in reverse config order, so that configured hooks r
 in the order the config lists them.
 
 Lifecycle of a run: ``selfsup_before_run``; for each epoch ``selfsup_before_epoch``, for each
-iteration ``selfsup_before_iter`` then ``selfsup_after_iter``, then ``selfsup_after_epoch``;
-finally ``selfsup_after_run``. If an exception escapes the loop, ``selfsup_on_exception`` is
+iteration ``selfsup_before_iter``, the forward pass, ``selfsup_before_backward``, the backward
+pass, ``selfsup_after_backward``, and on iterations that step the optimizer
+``selfsup_before_optimizer_step`` and the step, then ``selfsup_after_iter``; then
+``selfsup_after_epoch``; finally ``selfsup_after_run``. If an exception escapes the loop, ``selfsup_on_exception`` is
 called instead of ``selfsup_after_run`` and the exception is re-raised.
 
 Names must not import heavy modules at import time: plugins are loaded by ``selfsup-run
@@ -27,6 +29,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+
     from .config import Config
 
 hookspec = pluggy.HookspecMarker("selfsup")
@@ -42,6 +48,36 @@ class Register(Protocol):
         ``obj`` is the class or factory, or a ``"package.module:attr"`` string imported only
         when a config uses the name.
         """
+
+
+class Runner(Protocol):
+    """What hooks receive as ``runner``: the running :class:`~selfsup_core.engine.trainer.Trainer`.
+
+    Counters are 0-based: ``epoch`` is the epoch running (or just ended, in
+    ``selfsup_after_epoch``), ``iter`` the global iteration, ``inner_iter`` the iteration
+    within the epoch. ``model`` is the algorithm unwrapped from any distributed wrapper.
+    """
+
+    config: Config
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    work_dir: Path
+    epoch: int
+    iter: int
+    inner_iter: int
+    max_epochs: int
+    iters_per_epoch: int
+    rank: int
+    world_size: int
+    is_update_step: bool
+
+    @property
+    def max_iters(self) -> int:
+        """Iterations of the whole run."""
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """Append ``record`` to the run's ``metrics.jsonl`` (main process only)."""
 
 
 @hookspec
@@ -76,36 +112,61 @@ def selfsup_resolve_checkpoint(uri: str) -> str | None:
 
 
 @hookspec
-def selfsup_before_run(runner: Any) -> None:
+def selfsup_before_run(runner: Runner) -> None:
     """Called once after the model, data and optimizer are built, before the first epoch
     (also when resuming). ``runner`` exposes ``model``, ``optimizer``, ``epoch``, ``iter``,
     ``max_epochs``, ``work_dir`` and ``config``."""
 
 
 @hookspec
-def selfsup_after_run(runner: Any) -> None:
+def selfsup_after_run(runner: Runner) -> None:
     """Called once after the last epoch, when training finished without an exception."""
 
 
 @hookspec
-def selfsup_before_epoch(runner: Any) -> None:
+def selfsup_before_epoch(runner: Runner) -> None:
     """Called at the start of every epoch; ``runner.epoch`` is the epoch about to run (0-based)."""
 
 
 @hookspec
-def selfsup_after_epoch(runner: Any) -> None:
+def selfsup_after_epoch(runner: Runner) -> None:
     """Called at the end of every epoch, before the epoch's checkpoint is written;
     ``runner.epoch`` is still the 0-based index of the epoch that just ended (as in MMCV),
     so ``(runner.epoch + 1) % n == 0`` selects every n-th epoch."""
 
 
 @hookspec
-def selfsup_before_iter(runner: Any) -> None:
+def selfsup_before_iter(runner: Runner) -> None:
     """Called before every training iteration; ``runner.iter`` is its global index (0-based)."""
 
 
 @hookspec
-def selfsup_after_iter(runner: Any, outputs: dict[str, Any]) -> None:
+def selfsup_before_backward(runner: Runner, loss: torch.Tensor) -> None:
+    """Called every iteration after the forward pass, before ``loss.backward()``.
+
+    ``loss`` is the scalar about to be differentiated (already divided by the accumulation
+    group's size). Reading it as a Python number synchronises the device.
+    """
+
+
+@hookspec
+def selfsup_after_backward(runner: Runner) -> None:
+    """Called every iteration right after the backward pass: the parameters' ``.grad`` hold
+    this iteration's gradients (summed over the accumulation group so far, reduced across
+    processes on update steps). On update steps they are already unscaled from fp16 loss
+    scaling, and the config's ``grad_clip`` is applied after this hook, so a hook may zero,
+    cancel (set to ``None``) or rescale gradients here, e.g. to freeze layers for some
+    iterations."""
+
+
+@hookspec
+def selfsup_before_optimizer_step(runner: Runner, optimizer: torch.optim.Optimizer) -> None:
+    """Called on iterations that step the optimizer (``runner.is_update_step``), after
+    gradient clipping and just before ``optimizer.step()``."""
+
+
+@hookspec
+def selfsup_after_iter(runner: Runner, outputs: dict[str, Any]) -> None:
     """Called after every iteration's backward pass (and optimizer step, when
     ``runner.is_update_step``; with gradient accumulation not every iteration steps) with
     the algorithm's outputs (the dict of named losses, as tensors: reading them as Python
@@ -113,6 +174,6 @@ def selfsup_after_iter(runner: Any, outputs: dict[str, Any]) -> None:
 
 
 @hookspec
-def selfsup_on_exception(runner: Any, exception: BaseException) -> None:
+def selfsup_on_exception(runner: Runner, exception: BaseException) -> None:
     """Called when an exception escapes the training loop, before it propagates; the last
     good checkpoint is still intact. Used to flush logs and close resources."""

@@ -20,6 +20,7 @@ from .discovery import PLUGIN_GROUP, EntryPointInfo, scan_entry_points
 from .errors import PluginLoadError, describe_exception, did_you_mean
 
 if TYPE_CHECKING:
+    from .config import Config
     from .registry import Registries
 
 HOOK_PREFIX = "selfsup_"
@@ -173,3 +174,44 @@ def reset() -> None:
 def register_plugin_components(registries: Registries) -> None:
     """Populate ``registries`` from the process-wide plugin manager's plugins."""
     get_plugin_manager().register_components(registries)
+
+
+def prepare_config(config: Config, manager: PluginManager | None = None) -> Config:
+    """Run the plugins' ``selfsup_process_config`` hooks on ``config``, once.
+
+    Every path that turns a loaded config into a run calls this: the CLI's commands and
+    :class:`~selfsup_core.engine.trainer.Trainer` built from Python. ``config.processed``
+    records that the hooks ran, so a config prepared by the CLI and then handed to a
+    ``Trainer`` is not processed twice. Returns ``config``.
+    """
+    if not config.processed:
+        (manager or get_plugin_manager()).hook.selfsup_process_config(config=config)
+        config.processed = True
+    return config
+
+
+def resolve_checkpoint(reference: str, what: str, manager: PluginManager | None = None) -> str:
+    """A local checkpoint file for ``reference``: the path itself when it is a file, else the
+    first answer of the plugins' ``selfsup_resolve_checkpoint`` hooks.
+
+    ``what`` names the setting in errors (``"--resume"``, ``"init_cfg Pretrained"``). Raises
+    :class:`~selfsup_core.errors.SelfSupError` with one line when the reference is no file
+    and no plugin resolves it to an existing file.
+    """
+    import os
+
+    from .errors import SelfSupError
+
+    path = os.path.expanduser(str(reference))
+    if os.path.isfile(path):
+        return path
+    answer = (manager or get_plugin_manager()).hook.selfsup_resolve_checkpoint(uri=str(reference))
+    if isinstance(answer, list):  # a caller registered the spec without firstresult
+        answer = next((a for a in answer if a is not None), None)
+    if answer is None:
+        hint = "no installed plugin resolves it" if "://" in path else "no such checkpoint file"
+        raise SelfSupError(f"{what} {reference}: {hint} (nothing is downloaded; give a local file)")
+    resolved = os.fspath(answer)
+    if not os.path.isfile(resolved):
+        raise SelfSupError(f"{what} {reference}: a plugin resolved it to {resolved}, which is not a file")
+    return resolved

@@ -60,7 +60,8 @@ class PluginHookError(SelfSupError):
 
 
 #: Hooks called inside the training loop: a failure there leaves a state worth saving.
-_LOOP_HOOKS = ("selfsup_before_epoch", "selfsup_before_iter", "selfsup_after_iter", "selfsup_after_epoch")
+_LOOP_HOOKS = ("selfsup_before_epoch", "selfsup_before_iter", "selfsup_before_backward", "selfsup_after_backward",
+               "selfsup_before_optimizer_step", "selfsup_after_iter", "selfsup_after_epoch")
 
 
 class Trainer:
@@ -100,7 +101,8 @@ class Trainer:
         plugin_manager: _plugins.PluginManager | None = None,
         stream: Any = None,
     ) -> None:
-        self.config = config
+        self.plugin_manager = plugin_manager if plugin_manager is not None else _plugins.get_plugin_manager()
+        self.config = _plugins.prepare_config(config, self.plugin_manager)
         self.settings: RunSettings = read_settings(config)
         if device is not None:
             self.settings.device = device
@@ -109,7 +111,6 @@ class Trainer:
         if seed is not None:
             self.settings.seed = seed
         self.registries = registries if registries is not None else _registry.current()
-        self.plugin_manager = plugin_manager if plugin_manager is not None else _plugins.get_plugin_manager()
         self.work_dir = Path(work_dir or self.settings.work_dir or Path("work_dirs") / Path(config.filename).stem)
         self.resume = resume
         self.stream = stream
@@ -289,9 +290,10 @@ class Trainer:
         work_dir = self.work_dir
         resume = self.resume
         if resume is not None and resume != "auto":
-            path = Path(resume)
-            if not path.is_file():
-                raise ckpt.CheckpointError(f"--resume {resume}: no such checkpoint file")
+            try:  # a file, or a reference a plugin's selfsup_resolve_checkpoint turns into one
+                resume = self.resume = _plugins.resolve_checkpoint(resume, "--resume", self.plugin_manager)
+            except SelfSupError as exc:
+                raise ckpt.CheckpointError(str(exc)) from None
         if self.dist.is_main:
             self._work = WorkDir(work_dir)
             self._work.open()  # the lock first: a run still going is named, not mistaken for a finished one
@@ -372,11 +374,15 @@ class Trainer:
                     loss, parts = self._parse_outputs(outputs)
                     if group_size > 1:
                         loss = loss / group_size
+                    hook.selfsup_before_backward(runner=self, loss=loss)
                     self.scaler.scale(loss).backward()
+                if self.is_update_step and self.scaler.is_enabled():
+                    self.scaler.unscale_(self.optimizer)  # hooks and clipping see true gradients
+                hook.selfsup_after_backward(runner=self)
                 if self.is_update_step:
                     if grad_clip is not None:
-                        self.scaler.unscale_(self.optimizer)
                         torch.nn.utils.clip_grad_norm_(params, grad_clip["max_norm"], grad_clip.get("norm_type", 2.0))
+                    hook.selfsup_before_optimizer_step(runner=self, optimizer=self.optimizer)
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                     self.optimizer.zero_grad(set_to_none=True)

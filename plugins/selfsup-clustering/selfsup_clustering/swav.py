@@ -80,10 +80,10 @@ class SwAVHook:
     and restored on resume; a resume with another number of processes re-splits them.
 
     Frozen layers: ``frozen_layers_cfg = {prototypes = 5005}`` keeps the parameters whose
-    name contains ``prototypes`` unchanged for the first 5005 iterations. Their gradient is
-    replaced by zeros before it reaches the optimizer (so DistributedDataParallel reduces
-    zeros on every process); weight decay then only rescales the prototypes, which the head
-    L2-normalises at every forward, so their directions do not move.
+    name contains ``prototypes`` unchanged for the first 5005 iterations. The trainer's
+    ``selfsup_after_backward`` step hook sets their (reduced) gradient to zeros before
+    clipping and the optimizer step; weight decay then only rescales the prototypes, which
+    the head L2-normalises at every forward, so their directions do not move.
 
     Args:
         batch_size: images per process (default: ``data.samples_per_gpu``).
@@ -122,8 +122,7 @@ class SwAVHook:
         self.frozen_layers_cfg = frozen
         self.queue: torch.Tensor | None = None
         self._loaded: dict[str, Any] | None = None
-        self._frozen: dict[str, bool] = {}
-        self._handles: list[Any] = []
+        self._frozen_params: dict[str, list[nn.Parameter]] = {}
         self._head: nn.Module | None = None
 
     # -- set-up -------------------------------------------------------------------------------
@@ -163,24 +162,24 @@ class SwAVHook:
         self._freeze(runner)
 
     def _freeze(self, runner: Any) -> None:
-        if not self.frozen_layers_cfg:
-            return
+        """Find the parameters ``frozen_layers_cfg`` names (once, before the run)."""
+        self._frozen_params = {}
         for key in self.frozen_layers_cfg:
-            params = [(n, p) for n, p in runner.model.named_parameters() if key in n and p.requires_grad]
+            params = [p for n, p in runner.model.named_parameters() if key in n and p.requires_grad]
             if not params:
                 raise SelfSupError(f"SwAVHook: frozen_layers_cfg names {key!r} but no trainable parameter's name "
                                    "contains it (the head's is 'head.prototypes.weight')")
-            for _, param in params:
-                self._handles.append(param.register_hook(self._zero_if_frozen(key)))
-        self._update_frozen(runner.iter)
+            self._frozen_params[key] = params
 
-    def _zero_if_frozen(self, key: str) -> Any:
-        def hook(grad: torch.Tensor) -> torch.Tensor:
-            return torch.zeros_like(grad) if self._frozen.get(key, False) else grad
-        return hook
-
-    def _update_frozen(self, iteration: int) -> None:
-        self._frozen = {key: iteration < iters for key, iters in self.frozen_layers_cfg.items()}
+    def selfsup_after_backward(self, runner: Any) -> None:
+        """Zero the gradients of the layers still frozen at this iteration (the step hook of
+        the trainer: after the backward pass and the cross-process reduction, before
+        gradient clipping and the optimizer step)."""
+        for key, iters in self.frozen_layers_cfg.items():
+            if runner.iter < iters:
+                for param in self._frozen_params.get(key, ()):
+                    if param.grad is not None:
+                        param.grad.zero_()
 
     # -- lifecycle ----------------------------------------------------------------------------
     def selfsup_before_epoch(self, runner: Any) -> None:
@@ -191,21 +190,9 @@ class SwAVHook:
         head.queue = self.queue
         head.use_queue = False
 
-    def selfsup_before_iter(self, runner: Any) -> None:
-        if self.frozen_layers_cfg:
-            self._update_frozen(runner.iter)
-
     def selfsup_after_epoch(self, runner: Any) -> None:
         head = self._head if self._head is not None else self._swav_head(runner)
         self.queue = head.queue
-
-    def selfsup_after_run(self, runner: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def selfsup_on_exception(self, runner: Any, exception: BaseException) -> None:
-        self.selfsup_after_run(runner)
 
     # -- checkpoints --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
