@@ -20,9 +20,7 @@ from collections.abc import Mapping
 from typing import Any, Union
 
 import torch
-from selfsup_core.engine import dist
-from selfsup_core.engine.data import SeededSampler
-from selfsup_core.errors import SelfSupError
+from selfsup_core.api import SeededSampler, SelfSupError, dist
 
 from .extraction import extract_features
 from .kmeans import Kmeans, cluster_stats
@@ -88,7 +86,7 @@ def _check_keys(owner: str, name: str, table: Mapping[str, Any], known: tuple[st
 def _built(runner: Any, value: Any, kind: str, key: str) -> Any:
     """``extractor.<key>`` built now (called when the run starts): component tables in
     ``value`` are constructed, objects pass through."""
-    from selfsup_core.build import Builder
+    from selfsup_core.api import Builder
 
     config = getattr(runner, "config", None)
     builder = Builder(config) if config is not None else Builder()

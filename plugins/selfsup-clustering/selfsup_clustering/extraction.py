@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-from selfsup_core.engine import dist
-from selfsup_core.engine.data import build_loader, device_transform_of, images_of, loader_batches, to_device
+from selfsup_core.api import build_loader, device_transform_of, dist, images_of, loader_batches, to_device
 from torch import nn
 
 

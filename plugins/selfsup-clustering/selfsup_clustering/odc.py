@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from selfsup_core.errors import SelfSupError
+from selfsup_core.api import SelfSupError
 from torch import nn
 
 from .deepcluster import ClusteringAlgorithm, InitCfg

@@ -15,8 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import torch
-from selfsup_core.engine import dist
-from selfsup_core.errors import SelfSupError
+from selfsup_core.api import SelfSupError, dist
 from selfsup_models.algorithm import BaseAlgorithm, check_views
 from torch import nn
 

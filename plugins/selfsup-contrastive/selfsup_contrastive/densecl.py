@@ -15,8 +15,7 @@ from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
-from selfsup_core.engine import dist
-from selfsup_core.errors import SelfSupError
+from selfsup_core.api import SelfSupError, dist
 from torch import nn
 
 from selfsup_models.algorithm import BaseAlgorithm, check_views, make_momentum_copy, momentum_update_

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from selfsup_core.engine import dist
+from selfsup_core.api import dist
 from selfsup_models.algorithm import BaseAlgorithm, InitCfg, at_least_float32, check_views
 from torch import nn
 

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from selfsup_core.fileio import atomic_write_text
+from selfsup_core.api import atomic_write_text
 
 try:
     import tomllib
@@ -94,8 +94,8 @@ def folder_name(name: str, label: int) -> str:
 
 def build_source(table: dict[str, Any]) -> Any:
     """Build a data source from a ``{type = ..., ...}`` table, validated like a config."""
-    from selfsup_core.build import build
-    from selfsup_core.config import Config
+    from selfsup_core.api import build
+    from selfsup_core.api import Config
 
     config = Config({"data_source": table}, filename="command line")
     return build(table, "data_sources", config=config, path="data_source")
@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "(classes.txt keeps the label numbers)" if classes else f"ImageFolder(root={args.output!r})")
             print(f"wrote {count} images in {classes or 'no'} class folders to {args.output}; read them back with {hint}")
     except Exception as exc:  # noqa: BLE001 - every input problem ends as one line
-        from selfsup_core.errors import SelfSupError
+        from selfsup_core.api import SelfSupError
 
         if not isinstance(exc, (ConvertError, SelfSupError, OSError, ValueError)) or os.environ.get("SELFSUP_DEBUG"):
             raise

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from selfsup_core.errors import SelfSupError
+from selfsup_core.api import SelfSupError
 
 
 class RawPixels(nn.Module):

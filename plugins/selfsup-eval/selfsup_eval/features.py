@@ -27,9 +27,9 @@ import attrs
 import torch
 from torch import nn
 
-from selfsup_core.engine import dist
-from selfsup_core.engine.data import build_loader, device_transform_of, images_of, loader_batches, to_device
-from selfsup_core.engine.evaluation import EvalContext
+from selfsup_core.api import (
+    EvalContext, build_loader, device_transform_of, dist, images_of, loader_batches, to_device,
+)
 
 FEATURES = ("extract", "backbone", "neck")
 POOLS = ("avg", "flatten")

@@ -31,9 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup_core.engine import dist
-from selfsup_core.engine.evaluation import EvalContext
-from selfsup_core.engine.optim import build_optimizer
+from selfsup_core.api import EvalContext, build_optimizer, dist
 
 from .features import FEATURES, POOLS, check_choice, eval_loader, extract_dataset, iterate_batches, model_output, \
     pool_output, require_labels

@@ -19,8 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from selfsup_core.engine import dist
-from selfsup_core.engine.evaluation import EvalContext
+from selfsup_core.api import EvalContext, dist
 
 from .features import FEATURES, POOLS, check_choice, extract, require_labels
 

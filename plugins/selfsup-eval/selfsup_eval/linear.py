@@ -25,9 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup_core.engine import dist
-from selfsup_core.engine.evaluation import EvalContext
-from selfsup_core.engine.lars import LARS
+from selfsup_core.api import EvalContext, dist, LARS
 
 from .features import (
     FEATURES, POOLS, Features, check_choice, eval_loader, extract, iterate_batches, model_output, pool_output,

@@ -22,10 +22,7 @@ from typing import Any
 
 import torch
 
-from selfsup_core.engine import dist
-from selfsup_core.engine.evaluation import SPLITS, EvalContext
-from selfsup_core.errors import SelfSupError
-from selfsup_core.fileio import atomic_write
+from selfsup_core.api import EvalContext, SelfSupError, atomic_write, dist, SPLITS
 
 from .features import FEATURES, POOLS, check_choice, extract, require_labels
 

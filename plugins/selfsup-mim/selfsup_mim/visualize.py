@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from selfsup_core.fileio import atomic_write
+from selfsup_core.api import atomic_write
 
 __all__ = ["main", "reconstruct_rows", "render", "save_grid"]
 
@@ -137,10 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cfg-options", "--set", nargs="+", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
 
-    from selfsup_core.build import Builder, build, build_model
-    from selfsup_core.config import load_config
-    from selfsup_core.engine.evaluation import load_weights
-    from selfsup_core.errors import SelfSupError
+    from selfsup_core.api import Builder, build, build_model
+    from selfsup_core.api import load_config
+    from selfsup_core.api import load_weights
+    from selfsup_core.api import SelfSupError
 
     from .mae import MAE
 

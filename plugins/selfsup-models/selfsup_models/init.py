@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import attrs
 import torch
-from selfsup_core.tools.weights import WeightsError, read_state_dict, select_prefix
+from selfsup_core.api import WeightsError, read_state_dict, select_prefix
 from torch import nn
 
 __all__ = ["INITIALIZERS", "BaseModule", "InitReport", "apply_init_cfg", "load_checkpoint_state_dict"]
@@ -142,7 +142,7 @@ _DISTRIBUTIONS = ("normal", "uniform")
 
 
 def _did_you_mean(word: str, candidates: Any) -> str:
-    from selfsup_core.errors import did_you_mean
+    from selfsup_core.api import did_you_mean
 
     return did_you_mean(word, candidates)
 
@@ -243,7 +243,7 @@ def _resolve_checkpoint(uri: str) -> str:
     answer = None
     if "://" in path:
         try:
-            from selfsup_core.plugins import get_plugin_manager
+            from selfsup_core.api import get_plugin_manager
 
             result = get_plugin_manager().hook.selfsup_resolve_checkpoint(uri=str(uri))
             # the spec is firstresult: one answer or None (a list if a caller changed that)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # One implementation, shared with the trainer, which reverts SyncBN outside torch.distributed.
-from selfsup_core.engine.runtime import BatchNormNd, revert_sync_batchnorm
+from selfsup_core.api import BatchNormNd, revert_sync_batchnorm
 
 __all__ = [
     "NORM_TYPES",
@@ -99,7 +99,7 @@ NORM_TYPES: dict[str, tuple[_Factory, tuple[str, ...]]] = {
 
 def _did_you_mean(word: str, candidates: Any) -> str:
     try:
-        from selfsup_core.errors import did_you_mean
+        from selfsup_core.api import did_you_mean
     except ImportError:  # pragma: no cover - the core is a dependency
         return ""
     return did_you_mean(word, candidates)

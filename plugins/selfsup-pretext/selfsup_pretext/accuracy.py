@@ -20,9 +20,7 @@ from typing import Any
 
 import torch
 
-from selfsup_core.engine import dist
-from selfsup_core.engine.data import build_loader, loader_batches, to_device
-from selfsup_core.engine.evaluation import EvalContext
+from selfsup_core.api import EvalContext, build_loader, dist, loader_batches, to_device
 
 
 class PretextAccuracy:

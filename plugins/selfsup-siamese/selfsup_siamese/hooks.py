@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from selfsup_core.errors import SelfSupError
+from selfsup_core.api import SelfSupError
 
 
 class SimSiamHook:

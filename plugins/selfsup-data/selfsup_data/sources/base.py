@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from selfsup_core.errors import SelfSupError, unwrap_worker_message
+from selfsup_core.api import SelfSupError, unwrap_worker_message
 
 COLOR_TYPES = ("color", "grayscale", "unchanged")
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}

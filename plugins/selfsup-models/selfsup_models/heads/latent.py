@@ -6,7 +6,7 @@ from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
-from selfsup_core.engine import dist
+from selfsup_core.api import dist
 from torch import nn
 
 from ..init import BaseModule

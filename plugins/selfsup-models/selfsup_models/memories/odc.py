@@ -6,7 +6,7 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-from selfsup_core.engine import dist
+from selfsup_core.api import dist
 
 from ..init import BaseModule
 from .simple import gather_updates

@@ -5,7 +5,7 @@ from typing import Union
 
 import torch
 import torch.nn.functional as F
-from selfsup_core.engine import dist
+from selfsup_core.api import dist
 
 from ..init import BaseModule
 

@@ -1,0 +1,83 @@
+"""The public API for plugins: the only ``selfsup_core`` module a plugin imports from.
+
+Everything a plugin needs from the core is named here and stays compatible within a minor
+version (plugins depend on ``selfsup-core>=0.1,<0.2``); every other module of the core is
+private and may change. ``selfsup_core.testing`` is the public module for plugins' tests.
+Names are imported lazily, on first use, so importing this module costs nothing (plugin
+modules are imported by ``selfsup-run list`` and ``--help``, which never import torch)::
+
+    from selfsup_core.api import ConfigError, EvalContext, dist, hookimpl
+
+``tests/test_public_api.py`` fails when a plugin of this repository imports a private module.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: public name -> "module" (the module itself) or "module:attribute"
+_EXPORTS: dict[str, str] = {
+    # errors
+    "SelfSupError": "selfsup_core.errors:SelfSupError",
+    "ConfigError": "selfsup_core.errors:ConfigError",
+    "did_you_mean": "selfsup_core.errors:did_you_mean",
+    "unwrap_worker_message": "selfsup_core.errors:unwrap_worker_message",
+    # configs and building components
+    "Config": "selfsup_core.config:Config",
+    "load_config": "selfsup_core.config:load_config",
+    "Builder": "selfsup_core.build:Builder",
+    "build": "selfsup_core.build:build",
+    "build_model": "selfsup_core.build:build_model",
+    "registry": "selfsup_core.registry",
+    # plugins and hooks
+    "hookimpl": "selfsup_core.hookspecs:hookimpl",
+    "Runner": "selfsup_core.hookspecs:Runner",
+    "get_plugin_manager": "selfsup_core.plugins:get_plugin_manager",
+    "resolve_checkpoint": "selfsup_core.plugins:resolve_checkpoint",
+    # files
+    "atomic_write": "selfsup_core.fileio:atomic_write",
+    "atomic_write_text": "selfsup_core.fileio:atomic_write_text",
+    "atomic_save": "selfsup_core.engine.checkpoint:atomic_save",
+    "WeightsError": "selfsup_core.tools.weights:WeightsError",
+    "read_state_dict": "selfsup_core.tools.weights:read_state_dict",
+    "select_prefix": "selfsup_core.tools.weights:select_prefix",
+    "load_safetensors": "selfsup_core.tools.safetensors_io:load_file",
+    "save_safetensors": "selfsup_core.tools.safetensors_io:save_file",
+    # the engine: distributed helpers, data loading, optimizers, evaluation
+    "dist": "selfsup_core.engine.dist",
+    "SeededSampler": "selfsup_core.engine.data:SeededSampler",
+    "build_loader": "selfsup_core.engine.data:build_loader",
+    "device_transform_of": "selfsup_core.engine.data:device_transform_of",
+    "images_of": "selfsup_core.engine.data:images_of",
+    "loader_batches": "selfsup_core.engine.data:loader_batches",
+    "to_device": "selfsup_core.engine.data:to_device",
+    "LARS": "selfsup_core.engine.lars:LARS",
+    "build_optimizer": "selfsup_core.engine.optim:build_optimizer",
+    "BatchNormNd": "selfsup_core.engine.runtime:BatchNormNd",
+    "revert_sync_batchnorm": "selfsup_core.engine.runtime:revert_sync_batchnorm",
+    "MomentumUpdate": "selfsup_core.engine.hooks:MomentumUpdate",
+    "EvalContext": "selfsup_core.engine.evaluation:EvalContext",
+    "SPLITS": "selfsup_core.engine.evaluation:SPLITS",
+    "load_weights": "selfsup_core.engine.evaluation:load_weights",
+    "Trainer": "selfsup_core.engine.trainer:Trainer",
+    "train": "selfsup_core.engine.trainer:train",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    target = _EXPORTS.get(name)
+    if target is None:
+        from .errors import did_you_mean
+
+        raise AttributeError(f"selfsup_core.api has no {name!r}{did_you_mean(name, _EXPORTS)}")
+    module_name, _, attribute = target.partition(":")
+    module = importlib.import_module(module_name)
+    value = getattr(module, attribute) if attribute else module
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
