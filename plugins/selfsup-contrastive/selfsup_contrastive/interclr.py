@@ -63,6 +63,21 @@ def apply_margins(pos: torch.Tensor, cos: bool, cos_m: float, arc: bool, arc_m: 
     return pos
 
 
+def _fresh_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with newly drawn weights (0.x builds the inter-image neck from the
+    same config as a second module): PyTorch's ``reset_parameters`` of every layer, then the
+    component's own ``init_weights`` (its default initialisation and ``init_cfg``)."""
+    fresh = copy.deepcopy(module)
+    for layer in fresh.modules():
+        reset = getattr(layer, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    init = getattr(fresh, "init_weights", None)
+    if callable(init):
+        init()
+    return fresh
+
+
 def _check_int(owner: str, key: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{owner}: {key} must be an integer >= {minimum}, got {value!r}")
@@ -158,10 +173,7 @@ class InterCLRMoCo(MoCo):
         self.share_neck = bool(share_neck)
         self.num_classes = int(num_classes)
         if not self.share_neck:
-            self.inter_neck_q = copy.deepcopy(neck)
-            reinit = getattr(self.inter_neck_q, "init_weights", None)
-            if callable(reinit):
-                reinit()
+            self.inter_neck_q = _fresh_copy(neck)
             self.inter_neck_k = make_momentum_copy(self.inter_neck_q)
         # The bank's replicas are kept equal by the memory itself (see ODC).
         ignore = getattr(nn.parallel.DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
