@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from selfsup_core.cli import main
-from selfsup_core.testing import derive_config, read_metrics
+from selfsup_core.testing import assert_validated_from_config, derive_config, read_metrics
 from selfsup_models.backbones import ResNet
 from selfsup_models.heads import ContrastiveHead
 from selfsup_models.memories import InterCLRMemory
@@ -166,6 +166,11 @@ def test_memory_simple_update_and_assigned_labels() -> None:
         memory.assign_label(torch.tensor([1, 1, 1, 1]))
     ratio = memory.update_samples_memory(torch.tensor([1]), torch.tensor([[1.0, -0.5]]))
     assert float(ratio) == 1.0 and memory.label_bank[1].item() == 0  # 0.5 [0, 1] + 0.5 [0.894, -0.447]: nearer [1, 0]
+
+
+@pytest.mark.parametrize("kind, name", [("algorithms", "InterCLRMoCo"), ("hooks", "InterCLRHook")])
+def test_a_misspelt_key_is_a_config_error(kind: str, name: str) -> None:
+    assert_validated_from_config(kind, name)
 
 
 def test_hook_options_are_checked() -> None:
