@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -171,6 +172,56 @@ def test_memory_simple_update_and_assigned_labels() -> None:
 @pytest.mark.parametrize("kind, name", [("algorithms", "InterCLRMoCo"), ("hooks", "InterCLRHook")])
 def test_a_misspelt_key_is_a_config_error(kind: str, name: str) -> None:
     assert_validated_from_config(kind, name)
+
+
+class FakeRunner(SimpleNamespace):
+    """What the hook reads of the trainer: model, dataset, epoch/iter counters, seed, logs."""
+
+    def __init__(self, model: InterCLRMoCo, **kwargs) -> None:
+        super().__init__(model=model, dataset=[None] * model.memory_bank.length, epoch=0, iter=0, max_epochs=3,
+                         settings=SimpleNamespace(seed=0), logger=SimpleNamespace(message=lambda text: None),
+                         records=[], **kwargs)
+
+    def log_metrics(self, record: dict) -> None:
+        self.records.append(record)
+
+
+def test_hook_warmup_online_upkeep_and_resumed_memory() -> None:
+    model = small_model(length=6)
+    model.memory_bank.init_memory(torch.randn(6, 2), torch.tensor([0, 0, 1, 1, 2, 2]))
+    hook = InterCLRHook(extractor={"pipeline": []}, clustering={"k": 3}, centroids_update_interval=2,
+                        evaluate_interval=2, warmup_epochs=1)
+    hook.extract = lambda runner: pytest.fail("a resumed memory must not be clustered again")
+    runner = FakeRunner(model)
+    hook.selfsup_before_run(runner)
+    hook.selfsup_before_epoch(runner)
+    assert (model.intra_loss_weight, model.inter_loss_weight) == (1.0, 0.0)
+    runner.epoch = 1
+    hook.selfsup_before_epoch(runner)
+    assert (model.intra_loss_weight, model.inter_loss_weight) == (0.75, 0.25)
+    hook.selfsup_after_iter(runner, {})
+    assert runner.records == []
+    runner.iter = 1
+    hook.selfsup_after_iter(runner, {})
+    assert runner.records == [{"mode": "clustering", "empty_clusters": 0, "min_cluster": 2, "max_cluster": 2}]
+
+
+def test_hook_offline_labels_recluster_every_interval() -> None:
+    """online_labels = false: after epoch 1 of 3 (interval 1) a k-means round relabels the bank."""
+    model = small_model(length=6, online_labels=False)
+    model.memory_bank.init_memory(torch.randn(6, 2), torch.tensor([0, 1, 2, 0, 1, 2]))
+    hook = InterCLRHook(extractor={"pipeline": []}, clustering={"k": 3, "pca_dim": -1, "backend": "torch"},
+                        online_labels=False, interval=1)
+    features = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0], [-0.9, -0.1]])
+    hook.extract = lambda runner: features
+    runner = FakeRunner(model)
+    hook.selfsup_before_run(runner)
+    hook.selfsup_after_epoch(runner)
+    labels = model.memory_bank.label_bank.tolist()
+    assert labels[0] == labels[1] and labels[2] == labels[3] and labels[4] == labels[5] and len(set(labels)) == 3
+    runner.epoch = 2  # the last epoch: no round whose labels would never be used
+    hook.extract = lambda runner: pytest.fail("no round after the last epoch")
+    hook.selfsup_after_epoch(runner)
 
 
 def test_hook_options_are_checked() -> None:
