@@ -355,7 +355,7 @@ def test_mmselfsup_data_replace_and_openselfsup_with_sobel(tmp_path, capsys):
 
 # -- 7. nested datasets and pipelines of hooks we do not know ---------------------------------------------
 def test_nested_datasets_of_unknown_hooks_are_converted(tmp_path, capsys):
-    """A hook selfsup does not know (was InterCLR's, now implemented): its ``extractor.dataset`` is converted like
+    """A hook selfsup does not know (a user's own): its ``extractor.dataset`` is converted like
     any dataset (ImageNet with a list -> ImageList, ToTensor -> ToImage + ToDtype)."""
     source = write(tmp_path / "hook.py", """
         model = dict(type='MoCo', backbone=dict(type='ResNet', depth=18))

@@ -71,12 +71,12 @@ class InterCLRHook(DeepClusterHook):
         memory = getattr(model, "memory_bank", None)
         if memory is None or not callable(getattr(memory, "assign_label", None)) \
                 or not hasattr(model, "inter_loss_weight"):
-            raise SelfSupError(f"InterCLRHook: the algorithm {type(model).__name__} has no InterCLRMemory memory_bank; "
-                               "use model.type = 'InterCLRMoCo' or remove the InterCLRHook from [[hooks]]")
+            raise SelfSupError(f"InterCLRHook: the algorithm {type(model).__name__} has no InterCLRMemory "
+                               "memory_bank; use model.type = 'InterCLRMoCo' or remove the InterCLRHook from [[hooks]]")
         if memory.length != n or memory.num_classes != k:
             raise SelfSupError(
-                f"InterCLRHook: the memory bank holds {memory.length} samples and {memory.num_classes} clusters but the "
-                f"training set has {n} samples and clustering.k = {k}; set model.memory_bank.length = {n} and "
+                f"InterCLRHook: the memory bank holds {memory.length} samples and {memory.num_classes} clusters but "
+                f"the training set has {n} samples and clustering.k = {k}; set model.memory_bank.length = {n} and "
                 f"model.memory_bank.num_classes = model.num_classes = {k}")
         if bool(getattr(model, "online_labels", self.online_labels)) != self.online_labels:
             raise SelfSupError(f"InterCLRHook: online_labels = {str(self.online_labels).lower()} but "

@@ -11,7 +11,8 @@ from selfsup_core.cli import main
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "mmselfsup-0.x"
 SOURCE = "configs/selfsup/interclr/interclr-moco_resnet50_8xb32-coslr-200e_in1k.py"
-SHIPPED = Path(__file__).resolve().parents[3] / "examples" / "configs" / "interclr-moco_resnet50_8xb32-coslr-200e_in1k.toml"
+SHIPPED = (Path(__file__).resolve().parents[3] / "examples" / "configs"
+           / "interclr-moco_resnet50_8xb32-coslr-200e_in1k.toml")
 
 
 def test_the_0x_interclr_config_migrates_and_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
