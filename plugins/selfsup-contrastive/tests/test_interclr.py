@@ -19,6 +19,7 @@ from selfsup_models.necks import MoCoV2Neck
 
 from selfsup_contrastive.interclr import InterCLRMoCo, apply_margins, arc_margin, cos_margin
 from selfsup_contrastive.interclr_hook import InterCLRHook
+from selfsup_contrastive.moco import moco_logits
 from selfsup_contrastive.interclr_sampling import (cluster_layout, hard_negatives, pool_negatives, random_negatives,
                                                    sample_positives)
 
@@ -123,6 +124,21 @@ def test_inter_loss_matches_hand_computation() -> None:
     loss = model.head(apply_margins(pos, *model.inter_margins), neg)["loss"].item()
     assert loss == pytest.approx(math.log(1 + math.exp(-4.5) + math.exp(-7.5)), abs=1e-6)
     assert loss == pytest.approx(0.011594, abs=1e-6)
+
+
+def test_intra_loss_with_a_cos_margin_matches_hand_computation() -> None:
+    """MoCo's hand example (test_moco) with an intra-image cosine margin 0.1: q1 = [1, 0],
+    k1 = [0.6, 0.8]; q2 = [0, 1], k2 = [0.8, 0.6]; queue [0, 1], [1, 0], [-1, 0]; T = 0.5.
+    Positives 0.6 - 0.1 = 0.5: loss_1 = -log(e^1 / (e^1 + e^0 + e^2 + e^-2)),
+    loss_2 = -log(e^1 / (e^1 + e^2 + e^0 + e^0)); weighted by 0.75."""
+    queue = torch.tensor([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]], dtype=torch.float64).T
+    pos, neg = moco_logits(torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64),
+                           torch.tensor([[0.6, 0.8], [0.8, 0.6]], dtype=torch.float64), queue)
+    loss = ContrastiveHead(temperature=0.5)(apply_margins(pos, True, 0.1, False, 0.0), neg)["loss"].item()
+    e = math.e
+    hand = (-math.log(e / (e + 1 + e**2 + e**-2)) - math.log(e / (e + e**2 + 2))) / 2
+    assert 0.75 * loss == pytest.approx(0.75 * hand, abs=1e-9)
+    assert hand == pytest.approx(1.456764, abs=1e-6)
 
 
 def views(n: int = 4) -> list[torch.Tensor]:
