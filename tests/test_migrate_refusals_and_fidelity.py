@@ -267,9 +267,9 @@ def test_deepcluster_check_still_validates_the_extractor_dataset(tmp_path):
     ("model = dict(type='MaskFeat', backbone=dict(type='MaskFeatViT', arch='b'))\n",
      "cls.py: model.type: 'MaskFeat': the MaskFeat algorithm is not implemented in selfsup yet (no installed plugin "
      "provides an algorithm 'MaskFeat'; 'selfsup-run list algorithms' shows what is installed)"),
-    ("model = dict(type='InterCLRMoCo', backbone=dict(type='ResNet', depth=50))\n",
-     "cls.py: model.type: 'InterCLRMoCo': the InterCLRMoCo algorithm is not implemented in selfsup yet (no "
-     "installed plugin provides an algorithm 'InterCLRMoCo'; 'selfsup-run list algorithms' shows what is "
+    ("model = dict(type='ORL', backbone=dict(type='ResNet', depth=50))\n",
+     "cls.py: model.type: 'ORL': the ORL algorithm is not implemented in selfsup yet (no "
+     "installed plugin provides an algorithm 'ORL'; 'selfsup-run list algorithms' shows what is "
      "installed)"),
     ("model = dict(type='Frobnicator')\n",
      "cls.py: model.type: no installed algorithm is called 'Frobnicator' ('selfsup-run list algorithms' shows "
@@ -355,22 +355,22 @@ def test_mmselfsup_data_replace_and_openselfsup_with_sobel(tmp_path, capsys):
 
 # -- 7. nested datasets and pipelines of hooks we do not know ---------------------------------------------
 def test_nested_datasets_of_unknown_hooks_are_converted(tmp_path, capsys):
-    """InterCLR's hook (configs/selfsup/interclr): its ``extractor.dataset`` is converted like
+    """A hook selfsup does not know (a user's own): its ``extractor.dataset`` is converted like
     any dataset (ImageNet with a list -> ImageList, ToTensor -> ToImage + ToDtype)."""
     source = write(tmp_path / "hook.py", """
         model = dict(type='MoCo', backbone=dict(type='ResNet', depth=18))
-        custom_hooks = [dict(type='InterCLRHook', extractor=dict(
+        custom_hooks = [dict(type='FooClusterHook', extractor=dict(
             samples_per_gpu=256,
             dataset=dict(type='ExtractDataset', data_source=dict(
                 type='ImageNet', data_prefix='data/train', ann_file='data/meta/train.txt'),
                 pipeline=[dict(type='Resize', size=256), dict(type='ToTensor')])))]
     """)
     data, stderr = migrate(capsys, source)
-    assert data["hooks"] == [{"type": "InterCLRHook", "extractor": {"samples_per_gpu": 256, "dataset": {
+    assert data["hooks"] == [{"type": "FooClusterHook", "extractor": {"samples_per_gpu": 256, "dataset": {
         "type": "OneViewDataset",
         "data_source": {"type": "ImageList", "ann_file": "data/meta/train.txt", "root": "data/train"},
         "pipeline": [{"type": "Resize", "size": 256}, *TO_TENSOR]}}}]
-    assert "no selfsup component 'InterCLRHook' is installed; kept as written" in stderr
+    assert "no selfsup component 'FooClusterHook' is installed; kept as written" in stderr
 
 
 # -- 8. YAML ------------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ last one included) and ``with_last_bn``. An MMSelfSup 1.x (MMEngine) config
 Refused with one line (exit 2, nothing written): a config whose ``model.type`` no installed
 algorithm provides (benchmarks' ``Classification``/``ImageClassifier``: use ``selfsup-run
 eval``; ``MaskRCNN``/``EncoderDecoder``: detection and segmentation run elsewhere; methods not
-implemented yet, e.g. CAE, MaskFeat, InterCLR, unless a plugin provides one of that name), a
+implemented yet, e.g. CAE, MaskFeat, unless a plugin provides one of that name), a
 config without ``model``, a ``type`` that is an import path (``os:system``, ``pkg.mod.Class``;
 a qualified ``dist:Name`` of an installed component is kept) and a YAML file (detectron2's
 benchmark configs). ``--check`` (of any config) lists the data paths the run will read; it opens none of them.
@@ -124,6 +124,9 @@ HOOKS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                                          "queue_length", "frozen_layers_cfg")),
     "DenseCLHook": (("DenseCLHook", "DenseCL"), ("start_iters",)),
     "SimSiamHook": (("SimSiamHook", "SimSiam"), ("fix_pred_lr", "lr")),
+    "InterCLRHook": (("InterCLRHook",), ("extractor", "clustering", "centroids_update_interval",
+                                         "deal_with_small_clusters_interval", "evaluate_interval", "warmup_epochs",
+                                         "init_memory", "initial", "online_labels", "interval")),
 }
 DROPPED_HOOKS = {
     "ValidateHook": "online evaluation is configured in the [evaluation] table (see README, Evaluation)",
@@ -848,7 +851,7 @@ def clean(value: Any, path: tuple[Any, ...], migration: Migration) -> Any:
 
 #: Self-supervised algorithms of MMSelfSup 0.x / OpenSelfSup that selfsup does not ship (yet):
 #: refused as "not implemented" unless an installed plugin provides one of that name.
-NOT_IMPLEMENTED = ("CAE", "MaskFeat", "InterCLRMoCo", "InterCLR", "BEiT", "MixMIM", "MILAN", "EVA", "DINO", "ORL",
+NOT_IMPLEMENTED = ("CAE", "MaskFeat", "BEiT", "MixMIM", "MILAN", "EVA", "DINO", "ORL",
                    "SparK", "PixMIM")
 #: Model types of the benchmark configs (classification, detection, segmentation).
 CLASSIFIERS = ("Classification", "ImageClassifier", "MMClsImageClassifierWrapper", "LinearClassifier")
