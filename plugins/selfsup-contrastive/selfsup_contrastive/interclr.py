@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from selfsup_core.engine import dist
+from selfsup_core.api import dist
 from selfsup_models.algorithm import InitCfg, at_least_float32, check_views, make_momentum_copy, momentum_update_
 from selfsup_models.init import InitReport
 from torch import nn

@@ -24,7 +24,7 @@ from typing import Any, Union
 
 from selfsup_clustering.deepcluster_hook import DeepClusterHook
 from selfsup_clustering.kmeans import cluster_stats
-from selfsup_core.errors import SelfSupError
+from selfsup_core.api import SelfSupError
 
 
 class InterCLRHook(DeepClusterHook):

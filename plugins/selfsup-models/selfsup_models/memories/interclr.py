@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Union
 
 import torch
-from selfsup_core.engine import dist
+from selfsup_core.api import dist
 
 from .odc import ODCMemory, _as_tensor, _EPS
 from .simple import gather_updates
