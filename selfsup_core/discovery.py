@@ -1,7 +1,8 @@
 """Entry-point discovery: which installed distributions provide selfsup components and plugins.
 
 One pass over the installed distributions reads their entry-point metadata (no plugin code
-is imported). Environment switches:
+is imported); the plugin manager and the registries share it, so a process scans once
+(again only when the search path, its directories' contents or the switches change). Environment switches:
 
 ``SELFSUP_DISABLE_PLUGIN_AUTOLOAD=1``
     discover nothing: no component entry points and no ``selfsup.plugins``; only what is
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,6 +70,36 @@ def disabled_names(environ: Mapping[str, str] | None = None) -> frozenset[str]:
     return frozenset(normalize_name(n.strip()) for n in raw.split(",") if n.strip())
 
 
+#: scans done in this process, keyed by what can change their answer (see scan_entry_points)
+_SCANS: dict[tuple[Any, ...], dict[str, list[EntryPointInfo]]] = {}
+_SCAN_COUNT = 0
+
+
+def scan_count() -> int:
+    """How many times this process read the installed distributions' metadata (a run reads
+    it once: the plugin manager and the registries share the scan)."""
+    return _SCAN_COUNT
+
+
+def clear_scan_cache() -> None:
+    """Forget earlier scans: the next :func:`scan_entry_points` reads the metadata again."""
+    _SCANS.clear()
+
+
+def _scan_key(prefix: str, path: list[str] | None) -> tuple[Any, ...]:
+    """What a scan's answer depends on: the prefix, the directories searched (and their
+    modification times, which change when a distribution is installed or removed there) and
+    the environment switches."""
+    dirs = tuple(sys.path if path is None else path)
+    stamps = []
+    for entry in dirs:
+        try:
+            stamps.append(os.stat(entry or ".").st_mtime_ns)
+        except OSError:
+            stamps.append(None)
+    return prefix, path is None, dirs, tuple(stamps), autoload_disabled(), disabled_names()
+
+
 def scan_entry_points(
     prefix: str = GROUP_PREFIX, path: list[str] | None = None
 ) -> dict[str, list[EntryPointInfo]]:
@@ -81,9 +113,20 @@ def scan_entry_points(
     regular one) is skipped, so one distribution never conflicts with itself. Honours the
     environment switches described in the module docstring.
     """
+    key = _scan_key(prefix, path)
+    cached = _SCANS.get(key)
+    if cached is None:
+        cached = _SCANS[key] = _scan(prefix, path)
+    return {group: list(infos) for group, infos in cached.items()}
+
+
+def _scan(prefix: str, path: list[str] | None) -> dict[str, list[EntryPointInfo]]:
+    """One pass over the installed distributions' metadata (see :func:`scan_entry_points`)."""
+    global _SCAN_COUNT
     found: dict[str, list[EntryPointInfo]] = {}
     if autoload_disabled():
         return found
+    _SCAN_COUNT += 1
     disabled = disabled_names()
     seen: set[str] = set()
     search = {} if path is None else {"path": list(path)}

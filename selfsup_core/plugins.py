@@ -16,7 +16,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .discovery import PLUGIN_GROUP, EntryPointInfo, scan_entry_points
+from .discovery import PLUGIN_GROUP, EntryPointInfo, clear_scan_cache, scan_entry_points
 from .errors import PluginLoadError, describe_exception, did_you_mean
 
 if TYPE_CHECKING:
@@ -166,9 +166,10 @@ def use(manager: PluginManager) -> Iterator[PluginManager]:
 
 
 def reset() -> None:
-    """Forget the process-wide plugin manager (the next use loads plugins again)."""
+    """Forget the process-wide plugin manager (the next use scans and loads plugins again)."""
     global _current
     _current = None
+    clear_scan_cache()
 
 
 def register_plugin_components(registries: Registries) -> None:

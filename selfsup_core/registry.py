@@ -26,7 +26,7 @@ import attrs
 
 from . import import_paths as _import_paths
 from .import_paths import ImportPathRefused
-from .discovery import EntryPointInfo, normalize_name, scan_entry_points
+from .discovery import EntryPointInfo, clear_scan_cache, normalize_name, scan_entry_points
 from .errors import (
     DuplicateComponentError,
     PluginLoadError,
@@ -434,3 +434,4 @@ def reset() -> None:
     """Forget the default registries so that the next use scans the installed plugins again."""
     global _current
     _current = None
+    clear_scan_cache()

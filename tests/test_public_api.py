@@ -69,3 +69,20 @@ def test_importing_the_api_does_not_import_torch():
     code = "import sys, selfsup_core.api as a; a.ConfigError; a.hookimpl; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_one_process_scans_the_installed_entry_points_once(tmp_path):
+    """The plugin manager and the registries share one scan, whatever the commands run."""
+    config = ROOT / "examples" / "configs" / "simclr_resnet18-w16_1xb128-coslr-3e_fashion-mnist.toml"
+    code = (
+        "import contextlib, io, sys\n"
+        "from selfsup_core import cli, discovery\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    assert cli.main(['list']) == 0\n"
+        f"    assert cli.main(['show-config', {str(config)!r}]) == 0\n"
+        f"    assert cli.main(['count-params', {str(config)!r}]) == 0\n"
+        "print(discovery.scan_count())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
