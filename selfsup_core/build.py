@@ -30,27 +30,16 @@ from . import registry as _registry
 from .config import Config, KeyPath
 from .errors import ConfigError, Problem, SelfSupError, describe_exception, did_you_mean
 
+#: Config keys whose typed tables are components of a kind: each kind's registry name and
+#: its singular (from :data:`selfsup_core.registry.KINDS`), plus the MMSelfSup spellings of
+#: config tables. A key ending in ``_<one of these>`` (``online_neck``) has the same kind.
 KEY_KINDS: dict[str, str] = {
+    **{kind: kind for kind in _registry.KINDS},
+    **_registry.KIND_ALIASES,
     "model": "algorithms",
-    "algorithm": "algorithms",
-    "backbone": "backbones",
-    "neck": "necks",
-    "necks": "necks",
-    "head": "heads",
-    "heads": "heads",
-    "memory": "memories",
-    "dataset": "datasets",
-    "datasets": "datasets",
-    "data_source": "data_sources",
     "source": "data_sources",
     "pipeline": "transforms",
     "pipelines": "transforms",
-    "transform": "transforms",
-    "transforms": "transforms",
-    "hook": "hooks",
-    "hooks": "hooks",
-    "evaluator": "evaluators",
-    "evaluators": "evaluators",
 }
 RAW_SUFFIX = "_cfg"
 

@@ -49,7 +49,8 @@ KINDS: dict[str, str] = {
     "hooks": "selfsup.hooks",
     "evaluators": "selfsup.evaluators",
 }
-_KIND_ALIASES = {
+#: Singular spellings accepted for each kind (``list backbone``, ``[model.backbone]``).
+KIND_ALIASES: dict[str, str] = {
     "algorithm": "algorithms",
     "backbone": "backbones",
     "neck": "necks",
@@ -72,7 +73,7 @@ T = TypeVar("T")
 def canonical_kind(kind: str) -> str:
     """``"backbone"``, ``"backbones"`` and ``"data-sources"`` -> the key used in :data:`KINDS`."""
     key = kind.strip().lower().replace("-", "_")
-    key = _KIND_ALIASES.get(key, key)
+    key = KIND_ALIASES.get(key, key)
     if key not in KINDS:
         raise SelfSupError(
             f"unknown component kind {kind!r}{did_you_mean(key, KINDS)}; kinds are {', '.join(KINDS)}"
