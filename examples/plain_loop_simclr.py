@@ -72,15 +72,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=6000, help="training images used (of 60,000)")
     args = parser.parse_args(argv)
     train, test = FashionMNIST(split="train"), FashionMNIST(split="test")
-    x_train = torch.from_numpy(train.images[: args.samples]).unsqueeze(1)
-    x_test = torch.from_numpy(test.images[:2000]).unsqueeze(1)
+    x_train = torch.tensor(train.images[: args.samples]).unsqueeze(1)
+    x_test = torch.tensor(test.images[:2000]).unsqueeze(1)
     transform = SimCLRTransform(input_size=28, min_scale=0.2, jitter_strength=0.5, blur_p=0.2, mean=[0.286],
                                 std=[0.353], grayscale=True)
     backbone, losses = train_simclr(x_train, transform, epochs=args.epochs, batch_size=128)
     print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f} in {len(losses)} iterations")
     normalize = lambda x: (x.float() / 255 - 0.286) / 0.353  # noqa: E731
-    top1 = knn_top1(features(backbone, x_train, normalize), torch.from_numpy(train.labels[: args.samples]),
-                    features(backbone, x_test, normalize), torch.from_numpy(test.labels[:2000]), k=200)
+    top1 = knn_top1(features(backbone, x_train, normalize), torch.tensor(train.labels[: args.samples]),
+                    features(backbone, x_test, normalize), torch.tensor(test.labels[:2000]), k=200)
     print(f"kNN top-1 on 2,000 test images: {top1:.4f}")
 
 

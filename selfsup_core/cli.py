@@ -24,7 +24,7 @@ from . import registry as _registry
 from .errors import SelfSupError, describe_exception, unwrap_worker_message
 
 COMMANDS = ("train", "eval", "tsne", "list", "show-config", "export", "import-weights", "migrate", "plot-log",
-            "count-params")
+            "count-params", "show")
 # Tool commands: each is ``selfsup_core.tools.<module>.run(args) -> int``, imported when used.
 TOOLS = {
     "export": "export",
@@ -32,6 +32,7 @@ TOOLS = {
     "migrate": "migrate",
     "plot-log": "plot_log",
     "count-params": "count_params",
+    "show": "describe",
 }
 EXIT_USAGE = 2
 
@@ -43,7 +44,8 @@ selfsup: self-supervised pre-training of vision backbones, composed from TOML co
   torchrun --nproc_per_node=G -m selfsup_core.cli CONFIG ...   (distributed)
   selfsup-run eval CONFIG [--checkpoint CKPT] [--evaluator knn|linear|NAME ...] [--out FILE]
   selfsup-run tsne CONFIG [--checkpoint CKPT] [--out FILE]
-  selfsup-run list [KIND [PATTERN]] [--verbose] [--json]
+  selfsup-run list [KIND [PATTERN]] [--verbose] [--json] [--args NAME]
+  selfsup-run show NAME [--kind KIND] [--json]     (a component's arguments, types, defaults, docs)
   selfsup-run show-config CONFIG [--cfg-options KEY=VALUE ...]
   selfsup-run export CKPT OUT [--format pth|safetensors] [--to raw|torchvision|timm] [--prefix P]
   selfsup-run import-weights WEIGHTS OUT [--from auto|torchvision|timm|mmcls] [--format pth|safetensors]
@@ -123,6 +125,7 @@ def make_parser() -> argparse.ArgumentParser:
     listing.add_argument("pattern", nargs="?", default="*", metavar="PATTERN", help="names to show, e.g. 'Res*'")
     listing.add_argument("--verbose", "-v", action="store_true", help="also import each component to check it")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.add_argument("--args", metavar="NAME", help="show component NAME's arguments instead (as 'show NAME')")
 
     show = commands.add_parser("show-config", help="print the fully resolved config as TOML")
     _add_config_arguments(show)
@@ -179,6 +182,11 @@ def _add_tool_parsers(commands: Any) -> None:
     _add_config_arguments(count)
     count.add_argument("--depth", type=int, default=1, metavar="N", help="module-tree depth of the table (default 1)")
     count.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    show = commands.add_parser("show", help="a component's arguments with types, defaults and docs")
+    show.add_argument("name", metavar="NAME", help="a component name (a config's type), e.g. ResNet or selfsup-models:ResNet")
+    show.add_argument("--kind", metavar="KIND", help=f"only this kind: {', '.join(_registry.KINDS)}")
+    show.add_argument("--json", action="store_true", help="print JSON")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -410,6 +418,10 @@ def _show_config(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    if args.args:
+        from .tools.describe import run as show
+
+        return show(argparse.Namespace(name=args.args, kind=args.kind, json=args.json))
     kinds = [_registry.canonical_kind(args.kind)] if args.kind else list(_registry.KINDS)
     registries = _registry.current()
     report: dict[str, Any] = {"kinds": {}, "broken_plugins": []}
