@@ -24,7 +24,7 @@ from . import registry as _registry
 from .errors import SelfSupError, describe_exception, unwrap_worker_message
 
 COMMANDS = ("train", "eval", "tsne", "list", "show-config", "export", "import-weights", "migrate", "plot-log",
-            "count-params", "show")
+            "count-params", "show", "export-hub")
 # Tool commands: each is ``selfsup_core.tools.<module>.run(args) -> int``, imported when used.
 TOOLS = {
     "export": "export",
@@ -33,6 +33,7 @@ TOOLS = {
     "plot-log": "plot_log",
     "count-params": "count_params",
     "show": "describe",
+    "export-hub": "export_hub",
 }
 EXIT_USAGE = 2
 
@@ -48,6 +49,7 @@ selfsup: self-supervised pre-training of vision backbones, composed from TOML co
   selfsup-run show NAME [--kind KIND] [--json]     (a component's arguments, types, defaults, docs)
   selfsup-run show-config CONFIG [--cfg-options KEY=VALUE ...]
   selfsup-run export CKPT OUT [--format pth|safetensors] [--to raw|torchvision|timm] [--prefix P]
+  selfsup-run export-hub CKPT|WORK_DIR OUT_DIR [--input-size S] [--force]   (torch.export, safetensors, model card)
   selfsup-run import-weights WEIGHTS OUT [--from auto|torchvision|timm|mmcls] [--format pth|safetensors]
   selfsup-run migrate OLD_CONFIG.py [-o NEW.toml] [--check]
   selfsup-run plot-log WORK_DIR [-o OUT.png]
@@ -182,6 +184,14 @@ def _add_tool_parsers(commands: Any) -> None:
     _add_config_arguments(count)
     count.add_argument("--depth", type=int, default=1, metavar="N", help="module-tree depth of the table (default 1)")
     count.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    hub = commands.add_parser("export-hub", help="a folder for a model hub: torch.export program, safetensors, "
+                                                 "config, model card (ONNX if onnx is installed)")
+    hub.add_argument("checkpoint", metavar="CKPT", help="a training checkpoint or a work dir (its latest)")
+    hub.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write")
+    hub.add_argument("--input-size", type=int, metavar="S", help="image side of the example input (default: the config's)")
+    hub.add_argument("--force", action="store_true", help="write into an existing non-empty OUT_DIR")
+    hub.add_argument("--json", action="store_true", help="print the report as JSON")
 
     show = commands.add_parser("show", help="a component's arguments with types, defaults and docs")
     show.add_argument("name", metavar="NAME", help="a component name (a config's type), e.g. ResNet or selfsup-models:ResNet")
