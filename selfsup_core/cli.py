@@ -299,7 +299,11 @@ def _train(args: argparse.Namespace) -> int:
             seed=args.seed,
         ).run()
         if result["rank"] == 0:  # one summary (and one plot) per run, not one per process
-            print(run_summary(result, plot_setting=read_settings(config).plot))
+            summary = run_summary(result, plot_setting=read_settings(config).plot)
+            print(summary)
+            from .engine.runlog import append_to_run_log
+
+            append_to_run_log(result["work_dir"], summary)
         return 0
     validate(config)
     model = build_model(config)
