@@ -25,7 +25,13 @@ program = torch.export.load(sys.argv[1]).module()
 data = torch.load(sys.argv[2])
 got = program(data["x"])
 assert not [m for m in sys.modules if m.startswith("selfsup")], "selfsup was imported"
-print(float((got - data["features"]).abs().max()), tuple(got.shape))
+difference = float((got - data["features"]).abs().max())
+if len(sys.argv) > 3:  # the ONNX file too, with onnxruntime
+    import onnxruntime
+    session = onnxruntime.InferenceSession(sys.argv[3], providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {session.get_inputs()[0].name: data["x"].numpy()})[0]
+    difference = max(difference, float(abs(onnx_out - data["features"].numpy()).max()))
+print(difference, tuple(got.shape))
 """
 
 
@@ -62,7 +68,9 @@ def test_export_hub_loads_with_torch_only(work_dir: Path, tmp_path: Path, capsys
     with torch.no_grad():
         features = backbone.eval()(x)[-1]
     torch.save({"x": x, "features": features}, tmp_path / "expected.pt")
-    proc = subprocess.run([sys.executable, "-c", FRESH, str(out / "backbone.pt2"), str(tmp_path / "expected.pt")],
+    onnx = [str(out / "backbone.onnx")] if "backbone.onnx" in report["files"] else []
+    assert bool(onnx) == report["onnx"].startswith("written")
+    proc = subprocess.run([sys.executable, "-c", FRESH, str(out / "backbone.pt2"), str(tmp_path / "expected.pt"), *onnx],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     difference, shape = proc.stdout.split(maxsplit=1)

@@ -167,18 +167,22 @@ def export_hub(checkpoint: str | Path, out_dir: str | Path, *, input_size: int |
 
 def _export_onnx(module: Any, example: Any, expected: Any, out: Path) -> str | None:
     """Write and check ``backbone.onnx``; None when written, else why it was skipped."""
+    import contextlib
     import importlib.util
+    import io
 
-    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
-        return f"skipped: {' and '.join(missing)} not installed (pip install onnx onnxruntime)"
+        return f"skipped: {' and '.join(missing)} not installed (pip install onnx onnxscript onnxruntime)"
     import numpy as np
     import onnxruntime
     import torch
 
     try:
-        torch.onnx.export(module, (example,), str(out), input_names=["images"], output_names=["features"],
-                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}})
+        with contextlib.redirect_stdout(io.StringIO()):  # torch.onnx prints its steps; keep --json clean
+            program = torch.onnx.export(module, (example,), input_names=["images"], output_names=["features"],
+                                        dynamo=True, dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=65536)}})
+            program.save(str(out), external_data=False)
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         got = session.run(None, {session.get_inputs()[0].name: example.numpy()})[0]
     except Exception as exc:  # noqa: BLE001 - ONNX is optional: report, keep the rest
