@@ -123,7 +123,8 @@ def make_parser() -> argparse.ArgumentParser:
         evaluate.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N (default: the config's, else auto)")
 
     listing = commands.add_parser("list", help="list installed components and broken plugins")
-    listing.add_argument("kind", nargs="?", metavar="KIND", help=f"one of: {', '.join(_registry.KINDS)}")
+    listing.add_argument("kind", nargs="?", metavar="KIND",
+                         help=f"one of: {', '.join(_registry.KINDS)}, or configs (the packaged configs)")
     listing.add_argument("pattern", nargs="?", default="*", metavar="PATTERN", help="names to show, e.g. 'Res*'")
     listing.add_argument("--verbose", "-v", action="store_true", help="also import each component to check it")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -436,6 +437,10 @@ def _list(args: argparse.Namespace) -> int:
         from .tools.describe import run as show
 
         return show(argparse.Namespace(name=args.args, kind=args.kind, json=args.json))
+    if args.kind == "configs":  # the configs installed distributions ship (selfsup_core.packaged_configs)
+        from .packaged_configs import print_listing
+
+        return print_listing()
     kinds = [_registry.canonical_kind(args.kind)] if args.kind else list(_registry.KINDS)
     registries = _registry.current()
     report: dict[str, Any] = {"kinds": {}, "broken_plugins": []}
