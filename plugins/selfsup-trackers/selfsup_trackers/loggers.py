@@ -48,6 +48,22 @@ def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def default_tracking_uri(work_dir: Any) -> str:
+    """Where MLflow stores a run by default, inside the work dir: ``sqlite:///<work dir>/mlflow.db``
+    where SQLAlchemy is installed (MLflow 3's recommended store), else the file store
+    ``file:<work dir>/mlruns`` (allowed with ``MLFLOW_ALLOW_FILE_STORE=true``, which newer MLflow
+    asks for)."""
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    folder = Path(work_dir).resolve()
+    if importlib.util.find_spec("sqlalchemy") is not None:
+        return f"sqlite:///{(folder / 'mlflow.db').as_posix()}"
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return (folder / "mlruns").as_uri()
+
+
 class _TrackerHook:
     """Forwards the run's metrics records to a tracker; subclasses start/log/end it."""
 
@@ -138,7 +154,8 @@ class MLflowLogger(_TrackerHook):
 
     Args:
         experiment: the MLflow experiment name (created if missing; default: MLflow's default).
-        tracking_uri: where MLflow stores runs (default: ``file:<work dir>/mlruns``, offline).
+        tracking_uri: where MLflow stores runs (default: in the work dir, offline:
+            ``sqlite:///<work dir>/mlflow.db`` with SQLAlchemy installed, else ``file:<work dir>/mlruns``).
         run_name: the run's name (default: the work dir's name).
         tags: string tags of the run.
     """
@@ -152,7 +169,7 @@ class MLflowLogger(_TrackerHook):
 
     def start(self, runner: Any) -> None:
         mlflow = self.mlflow
-        mlflow.set_tracking_uri(self.tracking_uri or (runner.work_dir.resolve() / "mlruns").as_uri())
+        mlflow.set_tracking_uri(self.tracking_uri or default_tracking_uri(runner.work_dir))
         if self.experiment:
             mlflow.set_experiment(self.experiment)
         mlflow.start_run(run_name=self.run_name or runner.work_dir.name, tags=self.tags)
@@ -170,4 +187,4 @@ class MLflowLogger(_TrackerHook):
             self.active = False
 
 
-__all__ = ["MLflowLogger", "WandbLogger", "flatten", "metrics_of"]
+__all__ = ["MLflowLogger", "WandbLogger", "default_tracking_uri", "flatten", "metrics_of"]

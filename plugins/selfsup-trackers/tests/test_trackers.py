@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from selfsup_core.cli import main
+from selfsup_trackers.loggers import default_tracking_uri
 
 pytest.importorskip("selfsup_contrastive")
 
@@ -93,7 +94,7 @@ def test_records_reach_both_trackers(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert any("train_epoch/loss" in values for _, values in logged)
     mlflow_metrics = [(c[2], c[1]) for c in calls if c[0] == "mlflow.metrics"]
     assert mlflow_metrics == logged  # the same records, in the same order
-    assert ("mlflow.uri", (tmp_path / "run" / "mlruns").resolve().as_uri()) in calls
+    assert ("mlflow.uri", default_tracking_uri(tmp_path / "run")) in calls
     assert ("mlflow.experiment", "e") in calls and calls[-2:] == [("finish", 0), ("mlflow.end", "FINISHED")]
     params = next(c[1] for c in calls if c[0] == "mlflow.params")
     assert params["model.type"] == "SimCLR"
@@ -130,8 +131,9 @@ def test_mlflow_file_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     mlflow = pytest.importorskip("mlflow")
     config = _config(tmp_path, '\n[[hooks]]\ntype = "MLflowLogger"\nexperiment = "selfsup-test"\n')
     assert main(["train", str(config), "--work-dir", str(tmp_path / "run"), "--device", "cpu"]) == 0
-    mlflow.set_tracking_uri((tmp_path / "run" / "mlruns").resolve().as_uri())
-    runs = mlflow.search_runs(experiment_names=["selfsup-test"])
-    assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
-    history = mlflow.MlflowClient().get_metric_history(runs.iloc[0]["run_id"], "train/loss")
+    mlflow.set_tracking_uri(default_tracking_uri(tmp_path / "run"))
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("selfsup-test").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.params["model.type"] == "SimCLR"
+    history = client.get_metric_history(runs[0].info.run_id, "train/loss")
     assert [m.step for m in history] == [1, 2]
