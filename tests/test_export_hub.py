@@ -42,8 +42,12 @@ def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     values = {**SMALL_RUN_VALUES, "model.backbone.base_channels": 16, "model.backbone.stem_channels": 16,
               "data.samples_per_gpu": 16, "runner.precision": "fp32", "log_config.plot": False}
     config, _ = config_on_npz(QUICK_START, npz, tmp / "quick.toml", values)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    Trainer(load_config(config), work_dir=tmp / "run", device="cpu").run()
+    try:
+        Trainer(load_config(config), work_dir=tmp / "run", device="cpu").run()
+    finally:
+        torch.set_num_threads(threads)
     return tmp / "run"
 
 

@@ -53,8 +53,12 @@ def _run(tmp_path: Path, name: str, extra: str) -> list[dict]:
     np.savez(tmp_path / "tiny.npz", images=images, labels=labels)
     config = tmp_path / f"{name}.toml"
     config.write_text(CONFIG.replace("FILE", (tmp_path / "tiny.npz").as_posix()) + extra, encoding="utf-8")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    Trainer(load_config(config), work_dir=tmp_path / name, device="cpu", stream=io.StringIO()).run()
+    try:
+        Trainer(load_config(config), work_dir=tmp_path / name, device="cpu", stream=io.StringIO()).run()
+    finally:
+        torch.set_num_threads(threads)
     return [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
 
 
