@@ -108,7 +108,6 @@ def format_record(record: dict[str, Any]) -> str:
     lines = [f"{record['name']} ({record['kind']}, {record['provider']})  [{record['target']}]"]
     lines += [f"  {line}" for line in record["summary"]]
     lines.append("arguments:" if record["arguments"] else "arguments: none")
-    width = max((len(a["name"]) for a in record["arguments"]), default=0)
     for arg in record["arguments"]:
         kind = f": {arg['type']}" if arg["type"] else ""
         value = "  (required)" if arg["required"] else f" = {arg['default']}"

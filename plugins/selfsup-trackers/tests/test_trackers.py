@@ -4,7 +4,6 @@ config error. Stand-in modules cover the hooks everywhere; the real libraries ru
 offline modes where they are installed."""
 from __future__ import annotations
 
-import io
 import sys
 import types
 from pathlib import Path
