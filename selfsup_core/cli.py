@@ -192,6 +192,7 @@ def _add_tool_parsers(commands: Any) -> None:
     hub.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write")
     hub.add_argument("--input-size", type=int, metavar="S", help="image side of the example input (default: the config's)")
     hub.add_argument("--force", action="store_true", help="write into an existing non-empty OUT_DIR")
+    hub.add_argument("--no-onnx", action="store_true", help="skip backbone.onnx even where onnx is installed")
     hub.add_argument("--json", action="store_true", help="print the report as JSON")
 
     show = commands.add_parser("show", help="a component's arguments with types, defaults and docs")

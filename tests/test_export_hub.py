@@ -89,3 +89,27 @@ def test_export_hub_refusals(work_dir: Path, tmp_path: Path, capsys: pytest.Capt
     assert (tmp_path / "full" / "x").read_text() == "keep"
     assert main(["export-hub", str(tmp_path / "nothing"), str(tmp_path / "o")]) == 2
     assert "no such checkpoint or work dir" in capsys.readouterr().err
+
+
+def test_a_timm_architecture_also_gets_timm_files(tmp_path: Path) -> None:
+    """A standard ResNet-18 backbone: timm.safetensors + config.json load into timm's resnet18
+    (num_classes=0) and give the backbone's features."""
+    timm = pytest.importorskip("timm")
+    from selfsup_core.tools.export_hub import export_hub
+    from selfsup_core.tools.safetensors_io import load_file
+    from selfsup_models import build_backbone
+
+    torch.manual_seed(0)
+    backbone = build_backbone("ResNet", depth=18)
+    work = tmp_path / "run"
+    work.mkdir()
+    (work / "config.toml").write_text('[model]\ntype = "SimCLR"\n[model.backbone]\ntype = "ResNet"\ndepth = 18\n')
+    torch.save({"state_dict": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}}, work / "latest.pth")
+    report = export_hub(work, tmp_path / "hub", input_size=32, onnx=False)
+    assert report["timm_architecture"] == "resnet18" and "timm.safetensors" in report["files"]
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    model = timm.create_model(config["architecture"], num_classes=0, pretrained=False)
+    model.load_state_dict(load_file(tmp_path / "hub" / "timm.safetensors"))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model.eval().forward_features(x), backbone.eval()(x)[-1], atol=1e-5)

@@ -37,7 +37,8 @@ ONNX = "backbone.onnx"
 
 def run(args: argparse.Namespace) -> int:
     """The ``export-hub`` command; prints what was written."""
-    report = export_hub(args.checkpoint, args.out_dir, input_size=args.input_size, force=args.force)
+    report = export_hub(args.checkpoint, args.out_dir, input_size=args.input_size, force=args.force,
+                        onnx=not getattr(args, "no_onnx", False))
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -90,10 +91,11 @@ def _feature_module(backbone: Any) -> Any:
 
 
 def export_hub(checkpoint: str | Path, out_dir: str | Path, *, input_size: int | None = None,
-               force: bool = False) -> dict[str, Any]:
+               force: bool = False, onnx: bool = True) -> dict[str, Any]:
     """Write the hub folder for ``checkpoint`` (a file, or a work dir: its latest) into
     ``out_dir``; returns the report (JSON-able). Raises :class:`WeightsError` (one line) on a
-    missing config, a damaged checkpoint or an existing non-empty ``out_dir`` without ``force``."""
+    missing config, a damaged checkpoint or an existing non-empty ``out_dir`` without ``force``.
+    ``onnx=False`` (``--no-onnx``) skips the ONNX file even where onnx is installed."""
     import torch
 
     from ..build import build
@@ -145,7 +147,7 @@ def export_hub(checkpoint: str | Path, out_dir: str | Path, *, input_size: int |
                 "backbone_config": json.dumps(table)}
     W.write_state_dict(dict(backbone.state_dict()), out_dir / WEIGHTS, "safetensors", metadata)
     written.append(WEIGHTS)
-    onnx_note = _export_onnx(module, example, expected, out_dir / ONNX)
+    onnx_note = _export_onnx(module, example, expected, out_dir / ONNX) if onnx else "skipped: --no-onnx"
     if onnx_note is None:
         written.append(ONNX)
     timm_arch = _export_timm(kept, out_dir) if _may_be_timm(table) else None
