@@ -29,12 +29,24 @@ CONFIGS = Path(__file__).resolve().parents[3] / "examples" / "configs"
     ("swav_resnet50_8xb32-mcrop-2-6-coslr-200e_in1k-224-96", presets.SwAVTransform),
     ("mae_vit-base-p16_8xb512-coslr-400e_in1k", presets.MAETransform),
     ("simmim_swin-base_16xb128-coslr-100e_in1k-192", presets.SimMIMTransform),
+    ("simsiam_resnet50_8xb32-coslr-100e_in1k", presets.SimSiamTransform),
+    ("mocov3_resnet50_8xb512-amp-coslr-100e_in1k", presets.MoCoV3Transform),
+    ("densecl_resnet50_8xb32-coslr-200e_in1k", presets.DenseCLTransform),
+    ("npid_resnet50_8xb32-steplr-200e_in1k", presets.NPIDTransform),
+    ("deepcluster_resnet50_8xb64-steplr-200e_in1k", presets.DeepClusterTransform),
+    ("odc_resnet50_8xb64-steplr-440e_in1k", presets.ODCTransform),
 ])
 def test_presets_are_the_shipped_pipelines(config: str, preset: type) -> None:
     train = load_config(CONFIGS / f"{config}.toml").data["data"]["train"]
     transform = preset()
     assert transform.pipelines == (train.get("pipelines") or [train["pipeline"]])
     assert transform.num_views == list(train.get("num_views", [1]))
+
+
+def test_from_config_reads_any_config() -> None:
+    name = "rotation-pred_resnet18_1xb128-steplr-70e_fashion-mnist.toml"
+    transform = presets.from_config(f"selfsup-pretext::{name}")
+    assert transform.pipelines == [load_config(CONFIGS / name).data["data"]["train"]["pipeline"]]
 
 
 def test_preset_outputs() -> None:

@@ -13,9 +13,11 @@ channel) and ``grayscale=True`` (drops saturation/hue jitter and random grey-sca
 Fashion-MNIST configs do).
 
 Presets: :class:`SimCLRTransform`, :class:`MoCoV1Transform`, :class:`MoCoV2Transform`,
-:class:`BYOLTransform` (also SimSiam-style asymmetric blur/solarisation), :class:`BarlowTwinsTransform`,
-:class:`SwAVTransform` (multi-crop), :class:`MAETransform` and :class:`SimMIMTransform` (one view);
-:class:`MultiViewTransform` for your own tables.
+:class:`MoCoV3Transform`, :class:`DenseCLTransform`, :class:`NPIDTransform`, :class:`BYOLTransform`,
+:class:`SimSiamTransform`, :class:`BarlowTwinsTransform`, :class:`SwAVTransform` (multi-crop),
+:class:`DeepClusterTransform`, :class:`ODCTransform`, :class:`MAETransform` and
+:class:`SimMIMTransform`; :func:`from_config` for any config's pipelines (RelativeLoc and
+RotationPred included); :class:`MultiViewTransform` for your own tables.
 """
 from __future__ import annotations
 
@@ -193,6 +195,87 @@ class SimMIMTransform(MultiViewTransform):
         return img, extras["mask"]
 
 
-__all__ = ["BYOLTransform", "BarlowTwinsTransform", "IMAGENET_MEAN", "IMAGENET_STD", "MAETransform",
-           "MoCoV1Transform", "MoCoV2Transform", "MultiViewTransform", "SimCLRTransform", "SimMIMTransform",
-           "SwAVTransform"]
+class SimSiamTransform(MultiViewTransform):
+    """SimSiam: two views of random resized crop (scale 0.2-1), jitter 0.4/0.4/0.4/0.1 p 0.8,
+    grey-scale p 0.2, blur p 0.5, flip."""
+
+    def __init__(self, input_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, grayscale: bool = False) -> None:
+        pipeline = [_crop(input_size, (0.2, 1.0), antialias=False), *_jitter(0.4, 0.4, 0.4, 0.1, 0.8, grayscale),
+                    {"type": "GaussianBlur", "sigma_min": 0.1, "sigma_max": 2.0, "p": 0.5},
+                    {"type": "RandomHorizontalFlip"}, *_tail(mean, std)]
+        super().__init__([pipeline], [2])
+
+
+class MoCoV3Transform(MultiViewTransform):
+    """MoCo v3: two asymmetric views (crop scale 0.08-1, jitter 0.4/0.4/0.2/0.1 p 0.8, grey-scale
+    p 0.2, blur p 1.0 / 0.1, solarisation only in the second view p 0.2, flip)."""
+
+    def __init__(self, input_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, grayscale: bool = False) -> None:
+        def view(blur: float, solarize: float | None) -> list[Table]:
+            steps = [_crop(input_size, (0.08, 1.0)), *_jitter(0.4, 0.4, 0.2, 0.1, 0.8, grayscale),
+                     {"type": "GaussianBlur", "sigma_min": 0.1, "sigma_max": 2.0, "p": blur}]
+            if solarize is not None:
+                steps.append({"type": "Solarization", "p": solarize})
+            return [*steps, {"type": "RandomHorizontalFlip"}, *_tail(mean, std)]
+
+        super().__init__([view(1.0, None), view(0.1, 0.2)], [1, 1])
+
+
+class DenseCLTransform(MoCoV2Transform):
+    """DenseCL: MoCo v2's two views."""
+
+
+class NPIDTransform(MultiViewTransform):
+    """NPID (InstDisc): one view of MoCo v1's augmentation (crop scale 0.2-1, grey-scale p 0.2,
+    jitter 0.4/0.4/0.4/0.4, flip)."""
+
+    def __init__(self, input_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, grayscale: bool = False) -> None:
+        super().__init__(MoCoV1Transform(input_size, mean, std, grayscale).pipelines, [1])
+
+
+class DeepClusterTransform(MultiViewTransform):
+    """DeepCluster / ODC: one view (crop scale 0.08-1, flip, rotation +-2 degrees, jitter
+    0.4/0.4/1.0/0.5, grey-scale p 0.2)."""
+
+    def __init__(self, input_size: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, grayscale: bool = False) -> None:
+        jitter: Table = {"type": "ColorJitter", "brightness": 0.4, "contrast": 0.4}
+        tail: list[Table] = []
+        if not grayscale:
+            jitter.update(saturation=1.0, hue=0.5)
+            tail.append({"type": "RandomGrayscale", "p": 0.2})
+        pipeline = [_crop(input_size, None), {"type": "RandomHorizontalFlip"}, {"type": "RandomRotation", "degrees": 2},
+                    jitter, *tail, *_tail(mean, std)]
+        super().__init__([pipeline], [1])
+
+
+class ODCTransform(DeepClusterTransform):
+    """ODC: DeepCluster's view."""
+
+
+def from_config(config: Any, section: str = "data.train") -> MultiViewTransform:
+    """The view pipeline(s) of a config's dataset table: ``config`` is a path, a scoped packaged
+    name (``"selfsup-pretext::rotation-pred_resnet18_1xb128-steplr-70e_fashion-mnist.toml"``) or
+    a loaded :class:`~selfsup_core.config.Config`; ``section`` the dotted key of the dataset
+    table. For RelativeLoc and RotationPred this is the per-image pipeline; their datasets cut
+    patches / rotate after it."""
+    from selfsup_core.config import Config, load_config
+
+    if not isinstance(config, Config):
+        if isinstance(config, str) and "::" in config:
+            from selfsup_core.packaged_configs import resolve
+
+            config = resolve(config)
+        config = load_config(config)
+    table = config.get(section)
+    pipelines = table.get("pipelines") or [table.get("pipeline") or []]
+    return MultiViewTransform(pipelines, table.get("num_views"))
+
+
+__all__ = ["BYOLTransform", "BarlowTwinsTransform", "DeepClusterTransform", "DenseCLTransform", "IMAGENET_MEAN",
+           "IMAGENET_STD", "MAETransform", "MoCoV1Transform", "MoCoV2Transform", "MoCoV3Transform", "MultiViewTransform",
+           "NPIDTransform", "ODCTransform", "SimCLRTransform", "SimMIMTransform", "SimSiamTransform", "SwAVTransform",
+           "from_config"]
