@@ -45,7 +45,7 @@ selfsup: self-supervised pre-training of vision backbones, composed from TOML co
   torchrun --nproc_per_node=G -m selfsup_core.cli CONFIG ...   (distributed)
   selfsup-run eval CONFIG [--checkpoint CKPT] [--evaluator knn|linear|NAME ...] [--out FILE]
   selfsup-run tsne CONFIG [--checkpoint CKPT] [--out FILE]
-  selfsup-run list [KIND [PATTERN]] [--verbose] [--json] [--args NAME]
+  selfsup-run list [KIND [PATTERN]] [--verbose] [--json] [--args NAME]   (KIND configs: the packaged configs)
   selfsup-run show NAME [--kind KIND] [--json]     (a component's arguments, types, defaults, docs)
   selfsup-run show-config CONFIG [--cfg-options KEY=VALUE ...]
   selfsup-run export CKPT OUT [--format pth|safetensors] [--to raw|torchvision|timm] [--prefix P]
