@@ -24,7 +24,7 @@ from . import registry as _registry
 from .errors import SelfSupError, describe_exception, unwrap_worker_message
 
 COMMANDS = ("train", "eval", "tsne", "list", "show-config", "export", "import-weights", "migrate", "plot-log",
-            "count-params")
+            "count-params", "show", "export-hub")
 # Tool commands: each is ``selfsup_core.tools.<module>.run(args) -> int``, imported when used.
 TOOLS = {
     "export": "export",
@@ -32,6 +32,8 @@ TOOLS = {
     "migrate": "migrate",
     "plot-log": "plot_log",
     "count-params": "count_params",
+    "show": "describe",
+    "export-hub": "export_hub",
 }
 EXIT_USAGE = 2
 
@@ -43,9 +45,11 @@ selfsup: self-supervised pre-training of vision backbones, composed from TOML co
   torchrun --nproc_per_node=G -m selfsup_core.cli CONFIG ...   (distributed)
   selfsup-run eval CONFIG [--checkpoint CKPT] [--evaluator knn|linear|NAME ...] [--out FILE]
   selfsup-run tsne CONFIG [--checkpoint CKPT] [--out FILE]
-  selfsup-run list [KIND [PATTERN]] [--verbose] [--json]
+  selfsup-run list [KIND [PATTERN]] [--verbose] [--json] [--args NAME]   (KIND configs: the packaged configs)
+  selfsup-run show NAME [--kind KIND] [--json]     (a component's arguments, types, defaults, docs)
   selfsup-run show-config CONFIG [--cfg-options KEY=VALUE ...]
   selfsup-run export CKPT OUT [--format pth|safetensors] [--to raw|torchvision|timm] [--prefix P]
+  selfsup-run export-hub CKPT|WORK_DIR OUT_DIR [--input-size S] [--force]   (torch.export, safetensors, model card)
   selfsup-run import-weights WEIGHTS OUT [--from auto|torchvision|timm|mmcls] [--format pth|safetensors]
   selfsup-run migrate OLD_CONFIG.py [-o NEW.toml] [--check]
   selfsup-run plot-log WORK_DIR [-o OUT.png]
@@ -119,10 +123,12 @@ def make_parser() -> argparse.ArgumentParser:
         evaluate.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N (default: the config's, else auto)")
 
     listing = commands.add_parser("list", help="list installed components and broken plugins")
-    listing.add_argument("kind", nargs="?", metavar="KIND", help=f"one of: {', '.join(_registry.KINDS)}")
+    listing.add_argument("kind", nargs="?", metavar="KIND",
+                         help=f"one of: {', '.join(_registry.KINDS)}, or configs (the packaged configs)")
     listing.add_argument("pattern", nargs="?", default="*", metavar="PATTERN", help="names to show, e.g. 'Res*'")
     listing.add_argument("--verbose", "-v", action="store_true", help="also import each component to check it")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.add_argument("--args", metavar="NAME", help="show component NAME's arguments instead (as 'show NAME')")
 
     show = commands.add_parser("show-config", help="print the fully resolved config as TOML")
     _add_config_arguments(show)
@@ -179,6 +185,20 @@ def _add_tool_parsers(commands: Any) -> None:
     _add_config_arguments(count)
     count.add_argument("--depth", type=int, default=1, metavar="N", help="module-tree depth of the table (default 1)")
     count.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    hub = commands.add_parser("export-hub", help="a folder for a model hub: torch.export program, safetensors, "
+                                                 "config, model card (ONNX if onnx is installed)")
+    hub.add_argument("checkpoint", metavar="CKPT", help="a training checkpoint or a work dir (its latest)")
+    hub.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write")
+    hub.add_argument("--input-size", type=int, metavar="S", help="image side of the example input (default: the config's)")
+    hub.add_argument("--force", action="store_true", help="write into an existing non-empty OUT_DIR")
+    hub.add_argument("--no-onnx", action="store_true", help="skip backbone.onnx even where onnx is installed")
+    hub.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    show = commands.add_parser("show", help="a component's arguments with types, defaults and docs")
+    show.add_argument("name", metavar="NAME", help="a component name (a config's type), e.g. ResNet or selfsup-models:ResNet")
+    show.add_argument("--kind", metavar="KIND", help=f"only this kind: {', '.join(_registry.KINDS)}")
+    show.add_argument("--json", action="store_true", help="print JSON")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -281,7 +301,11 @@ def _train(args: argparse.Namespace) -> int:
             seed=args.seed,
         ).run()
         if result["rank"] == 0:  # one summary (and one plot) per run, not one per process
-            print(run_summary(result, plot_setting=read_settings(config).plot))
+            summary = run_summary(result, plot_setting=read_settings(config).plot)
+            print(summary)
+            from .engine.runlog import append_to_run_log
+
+            append_to_run_log(result["work_dir"], summary)
         return 0
     validate(config)
     model = build_model(config)
@@ -410,6 +434,14 @@ def _show_config(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    if args.args:
+        from .tools.describe import run as show
+
+        return show(argparse.Namespace(name=args.args, kind=args.kind, json=args.json))
+    if args.kind == "configs":  # the configs installed distributions ship (selfsup_core.packaged_configs)
+        from .packaged_configs import print_listing
+
+        return print_listing()
     kinds = [_registry.canonical_kind(args.kind)] if args.kind else list(_registry.KINDS)
     registries = _registry.current()
     report: dict[str, Any] = {"kinds": {}, "broken_plugins": []}

@@ -168,7 +168,7 @@ def _load(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[Key
     here = path.resolve()
     for index, base in enumerate(bases):
         key = BASE_KEY if len(bases) == 1 else f"{BASE_KEY}.{index}"
-        base_path = (path.parent / base).resolve()
+        base_path = _scoped_base(base, shown, key) if "::" in base else (path.parent / base).resolve()
         if base_path == here or base_path in chain:
             cycle = " -> ".join(display_path(p) for p in (*chain, here, base_path))
             raise ConfigError(f"_base_ files include each other in a cycle: {cycle}", file=shown, key=key)
@@ -193,6 +193,16 @@ def _load(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[Key
         origins.update(base_origins)
     _merge(merged, data, (), origins, shown)
     return merged, origins
+
+
+def _scoped_base(base: str, shown: str, key: str) -> Path:
+    """A packaged config ``"dist::path.toml"`` (see :mod:`selfsup_core.packaged_configs`)."""
+    from .packaged_configs import resolve
+
+    try:
+        return resolve(base)
+    except ValueError as exc:
+        raise ConfigError(f"base {base!r}: {exc}", file=shown, key=key) from None
 
 
 def _merge(base: dict[str, Any], child: Mapping[str, Any], path: KeyPath, origins: dict[KeyPath, str], file: str) -> None:

@@ -55,6 +55,9 @@ class RunLogger:
         if not enabled:
             return
         self._file = open(Path(work_dir) / METRICS_FILE, "a", encoding="utf-8", buffering=1)  # noqa: SIM115
+        from .runlog import RUN_LOG, TeeStream
+
+        self.stream = TeeStream(self.stream, Path(work_dir) / RUN_LOG)  # the console output, also in run.log
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -123,6 +126,9 @@ class RunLogger:
         if self._file is not None:
             self._file.close()
             self._file = None
+        close_log = getattr(self.stream, "close", None) if type(self.stream).__name__ == "TeeStream" else None
+        if close_log is not None:
+            close_log()
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -18,7 +18,7 @@ from ..errors import SelfSupError
 
 LOCK_FILE = ".selfsup-run.lock"
 #: Files a run creates in its work dir before its first iteration (removed if it fails then).
-START_FILES = ("metrics.jsonl", "config.toml")
+START_FILES = ("metrics.jsonl", "config.toml", "run.log")
 
 try:  # POSIX; elsewhere runs are not locked
     import fcntl

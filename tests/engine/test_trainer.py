@@ -48,7 +48,7 @@ def test_a_run_writes_checkpoints_metrics_and_the_resolved_config(write_config, 
     result = run(config, work, ["checkpoint_config.max_keep_ckpts=2"])
     assert result["epoch"] == 3 and result["iter"] == 24
     names = sorted(p.name for p in work.iterdir())
-    assert names == ["config.toml", "epoch_2.pth", "epoch_3.pth", "latest.pth", "metrics.jsonl"]
+    assert names == ["config.toml", "epoch_2.pth", "epoch_3.pth", "latest.pth", "metrics.jsonl", "run.log"]
     records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["mode"] == "train"]
     assert [r["iter"] for r in train] == list(range(2, 25, 2))

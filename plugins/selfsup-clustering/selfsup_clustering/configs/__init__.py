@@ -1,0 +1,1 @@
+"""Configs shipped with this plugin (selfsup-run list configs)."""
