@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     # configs and building components
     "Config": "selfsup_core.config:Config",
     "load_config": "selfsup_core.config:load_config",
+    "resolve_packaged_config": "selfsup_core.packaged_configs:resolve",
     "Builder": "selfsup_core.build:Builder",
     "build": "selfsup_core.build:build",
     "build_model": "selfsup_core.build:build_model",

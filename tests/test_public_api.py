@@ -26,6 +26,11 @@ def private_imports(path: Path) -> list[str]:
             modules = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             modules = [node.module] if node.module != "selfsup_core" else [f"selfsup_core.{a.name}" for a in node.names]
+            if node.module == "selfsup_core.api":
+                from selfsup_core import api
+
+                found += [f"{path.relative_to(ROOT)}:{node.lineno}: selfsup_core.api has no {a.name}"
+                          for a in node.names if a.name not in api.__all__]
         else:
             continue
         for module in modules:
@@ -53,7 +58,7 @@ def test_the_check_catches_a_private_import(tmp_path):
 
 @pytest.mark.parametrize("pyproject", PYPROJECTS, ids=lambda p: p.parent.name)
 def test_every_plugin_pins_the_core_minor_version(pyproject):
-    assert '"selfsup-core>=0.1,<0.2"' in pyproject.read_text(encoding="utf-8")
+    assert '"selfsup-core>=0.1,<0.2"' in pyproject.read_text(encoding="utf-8"), "depend on selfsup-core>=0.1,<0.2"
 
 
 def test_every_api_name_resolves_and_a_typo_names_the_closest():

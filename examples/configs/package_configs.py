@@ -20,6 +20,7 @@ ROOT = HERE.parents[1]
 OWNERS = {
     "simclr": "selfsup-contrastive", "mocov1": "selfsup-contrastive", "mocov2": "selfsup-contrastive",
     "mocov3": "selfsup-contrastive", "npid": "selfsup-contrastive", "densecl": "selfsup-contrastive",
+    "interclr-moco": "selfsup-contrastive", "maskfeat": "selfsup-mim", "cae": "selfsup-mim",
     "byol": "selfsup-siamese", "simsiam": "selfsup-siamese", "barlowtwins": "selfsup-siamese",
     "deepcluster": "selfsup-clustering", "odc": "selfsup-clustering", "swav": "selfsup-clustering",
     "mae": "selfsup-mim", "simmim": "selfsup-mim",
@@ -40,7 +41,8 @@ def copies() -> dict[Path, str]:
     for source in sorted(HERE.glob("*.toml")):
         dist = OWNERS.get(source.name.split("_")[0])
         if dist is None:
-            continue
+            sys.exit(f"{source.relative_to(ROOT)}: no plugin ships configs named {source.name.split('_')[0]}_*; "
+                     "add the prefix to OWNERS in examples/configs/package_configs.py")
         out[folder_of(dist) / source.name] = _rewrite(source, dist)
     for source in sorted((HERE / "_base_").rglob("*.toml")):
         relative = source.relative_to(HERE / "_base_").as_posix()

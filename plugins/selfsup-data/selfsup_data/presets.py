@@ -70,7 +70,7 @@ class MultiViewTransform:
     """
 
     def __init__(self, pipelines: Sequence[Sequence[Mapping[str, Any]]], num_views: Sequence[int] | None = None) -> None:
-        from selfsup_core.build import build
+        from selfsup_core.api import build
 
         from .datasets.base import Compose
 
@@ -262,11 +262,11 @@ def from_config(config: Any, section: str = "data.train") -> MultiViewTransform:
     a loaded :class:`~selfsup_core.config.Config`; ``section`` the dotted key of the dataset
     table. For RelativeLoc and RotationPred this is the per-image pipeline; their datasets cut
     patches / rotate after it."""
-    from selfsup_core.config import Config, load_config
+    from selfsup_core.api import Config, load_config
 
     if not isinstance(config, Config):
         if isinstance(config, str) and "::" in config:
-            from selfsup_core.packaged_configs import resolve
+            from selfsup_core.api import resolve_packaged_config as resolve
 
             config = resolve(config)
         config = load_config(config)

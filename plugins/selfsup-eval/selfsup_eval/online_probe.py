@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from selfsup_core.engine import dist
+from selfsup_core.api import dist
 from torch import nn
 
 from .features import pool_output

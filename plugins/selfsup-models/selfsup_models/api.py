@@ -16,7 +16,7 @@ def build_component(kind: str, type_name: str, **kwargs: Any) -> Any:
     """Build the ``kind`` component (``"backbones"``, ``"necks"``, ``"heads"``, ``"memories"``,
     ``"transforms"`` ...) registered as ``type_name`` with ``kwargs`` as its arguments.
     Nested component tables (``predictor = {"type": "NonLinearNeck", ...}``) are built too."""
-    from selfsup_core.build import build
+    from selfsup_core.api import build
 
     return build({"type": type_name, **kwargs}, kind, path=kind)
 
