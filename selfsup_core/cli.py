@@ -101,6 +101,10 @@ def make_parser() -> argparse.ArgumentParser:
         "--deterministic", action="store_true", default=None, help="deterministic algorithms (bitwise reproducible)"
     )
     train.add_argument("--check", action="store_true", help="validate the config and build the model, then stop")
+    train.add_argument("--resume-with-changes", action="store_true",
+                       help="with --resume: apply a changed CONFIG or new --cfg-options to the run (printed as a diff; "
+                            "the old config is kept as WORK_DIR/config.prev.toml). Without it --resume uses the run's "
+                            "saved WORK_DIR/config.toml and refuses changes")
 
     for name, text in (("eval", "evaluate a checkpoint's features with the [evaluation] table's evaluators"),
                        ("tsne", "plot a t-SNE map of a checkpoint's test features (PNG)")):
@@ -227,12 +231,14 @@ def _leave_process_group(wait: bool) -> None:
 
 
 # -- commands -----------------------------------------------------------------------------
-def load_command_config(args: argparse.Namespace) -> Any:
-    """``args.config`` with ``args.cfg_options`` applied, after the plugins'
-    ``selfsup_process_config`` hooks: the config every command that takes one works on."""
+def load_command_config(args: argparse.Namespace, path: str | None = None,
+                        overrides: Sequence[str] | None = None) -> Any:
+    """``args.config`` with ``args.cfg_options`` applied (or ``path`` with ``overrides``), after
+    the plugins' ``selfsup_process_config`` hooks: the config every command that takes one works on."""
     from .config import load_config
 
-    config = load_config(args.config, args.cfg_options)
+    config = load_config(path if path is not None else args.config,
+                         args.cfg_options if overrides is None else overrides)
     _plugins.get_plugin_manager().hook.selfsup_process_config(config=config)
     _refuse_import_paths(config)
     return config
@@ -267,14 +273,18 @@ def _tool(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .build import build_model, validate
 
-    config = load_command_config(args)
+    from .resume_config import resolve_for_resume
+
+    config, resolved_work_dir = resolve_for_resume(
+        args, lambda path, overrides: load_command_config(args, path, overrides),
+        lambda c: Path(c.data.get("work_dir") or Path("work_dirs") / Path(c.filename).stem))
     if not args.check:
         from .engine.settings import read_settings
         from .engine.trainer import Trainer
 
         result = Trainer(
             config,
-            work_dir=args.work_dir,
+            work_dir=resolved_work_dir or args.work_dir,
             resume=args.resume,
             device=args.device,
             deterministic=args.deterministic,

@@ -54,6 +54,8 @@ class Config:
     data: dict[str, Any]
     filename: str = "<config>"
     origins: dict[KeyPath, str] = attrs.field(factory=dict, repr=False)
+    #: the ``KEY=VALUE`` overrides applied on load (recorded in a run's saved config.toml)
+    overrides: tuple[str, ...] = attrs.field(default=(), repr=False)
 
     def origin(self, path: Sequence[str | int]) -> str:
         """The file that set ``path`` (or its nearest ancestor that has a record)."""
@@ -114,7 +116,8 @@ def _split(path: str | Sequence[str | int]) -> KeyPath:
 def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Config:
     """Load a TOML config with its ``_base_`` chain and apply ``overrides`` (``"a.b=1"``)."""
     data, origins = _load(Path(path), ())
-    config = Config(data, display_path(path), origins)
+    overrides = tuple(overrides)
+    config = Config(data, display_path(path), origins, overrides)
     apply_overrides(config, overrides)
     return config
 

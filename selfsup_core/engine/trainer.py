@@ -275,8 +275,9 @@ class Trainer:
         if resume_path is not None:
             self._load_checkpoint(resume_path)
         if self.dist.is_main:
-            (self.work_dir / "config.toml").write_text(
-                f"# resolved from {self.config.filename}\n{self.config.to_toml()}", encoding="utf-8")
+            from ..resume_config import saved_config_text
+
+            (self.work_dir / "config.toml").write_text(saved_config_text(self.config), encoding="utf-8")
             self.logger.message(
                 f"selfsup {__version__}: {type(model).__name__} on {self.device}"
                 f"{f' x {self.world_size} processes' if self.world_size > 1 else ''}, "
