@@ -101,6 +101,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--deterministic", action="store_true", default=None, help="deterministic algorithms (bitwise reproducible)"
     )
     train.add_argument("--check", action="store_true", help="validate the config and build the model, then stop")
+    train.add_argument("--no-dry-run", action="store_true",
+                       help="with --check: build the training data but run no batch through the model")
     train.add_argument("--resume-with-changes", action="store_true",
                        help="with --resume: apply a changed CONFIG or new --cfg-options to the run (printed as a diff; "
                             "the old config is kept as WORK_DIR/config.prev.toml). Without it --resume uses the run's "
@@ -278,6 +280,9 @@ def _train(args: argparse.Namespace) -> int:
     config, resolved_work_dir = resolve_for_resume(
         args, lambda path, overrides: load_command_config(args, path, overrides),
         lambda c: Path(c.data.get("work_dir") or Path("work_dirs") / Path(c.filename).stem))
+    from .engine.dry_run import check_data, preflight
+
+    preflight(config)  # every problem of the config in one round, before anything is built
     if not args.check:
         from .engine.settings import read_settings
         from .engine.trainer import Trainer
@@ -297,6 +302,10 @@ def _train(args: argparse.Namespace) -> int:
     model = build_model(config)
     if "runner" in config.data or "data" in config.data:
         _check_trainer_sections(config, model)
+    elif "evaluation" in config.data:  # an evaluation-only config (eval, tsne)
+        from .engine.evaluation import read_eval_settings
+
+        read_eval_settings(config)
     line = f"{config.filename}: OK, model {config.data['model']['type']}"
     parameters = getattr(model, "parameters", None)
     if callable(parameters):
@@ -304,10 +313,11 @@ def _train(args: argparse.Namespace) -> int:
         total = sum(p.numel() for p in tensors)
         trainable = sum(p.numel() for p in tensors if p.requires_grad)
         line += f" with {total:,} parameters ({trainable:,} trainable)"
-    print(line)
+    checked = check_data(config, model, dry_run=not args.no_dry_run)
+    print(line + (f"; {checked}" if checked else ""))
     from .tools.data_paths import data_paths_note
 
-    note = data_paths_note(config.data)
+    note = None if checked else data_paths_note(config.data)
     if note:
         print(note, file=sys.stderr)
     return 0

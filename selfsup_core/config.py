@@ -126,7 +126,7 @@ def read_config_text(path: Path, shown: str) -> str:
     """The UTF-8 text of a config file; a missing or unreadable file is a
     :class:`ConfigError` naming it as ``shown``."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")  # no newline translation: a lone CR is refused, not read as LF
     except FileNotFoundError:
         raise ConfigError(f"config file not found ({os.path.abspath(path)})", file=shown) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -137,6 +137,10 @@ def read_toml(path: Path) -> dict[str, Any]:
     """Parse one TOML file; a syntax error names the file, line, column and line text."""
     shown = display_path(path)
     text = read_config_text(path, shown)
+    if "\r" in text.replace("\r\n", ""):
+        line_no = text.count("\n", 0, text.replace("\r\n", "\n\n").find("\r")) + 1
+        raise ConfigError("invalid TOML: a carriage return (CR) without a line feed; TOML lines end in LF or CR LF "
+                          "(convert the file, e.g. with dos2unix -c mac)", file=f"{shown}:{line_no}")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

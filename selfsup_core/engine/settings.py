@@ -79,6 +79,11 @@ def non_negative(value: Any) -> str | None:
     return None if value >= 0 else f"must be >= 0, got {value!r}"
 
 
+def _seed(value: Any) -> str | None:
+    """A seed is 0 <= seed < 2**32 (NumPy's range; the sampler derives per-epoch seeds from it)."""
+    return None if 0 <= value < 2**32 else f"must be between 0 and {2**32 - 1} (2**32 - 1), got {value!r}"
+
+
 def _bool_or_auto(value: Any) -> str | None:
     return None if isinstance(value, bool) or value == "auto" else f"must be true, false or 'auto', got {value!r}"
 
@@ -119,7 +124,7 @@ BOOL = (bool,)
 #: How a key is read: (attribute, accepted python types, check(value) -> error text or None).
 KeySpec = tuple[str, tuple[type, ...], Any]
 _SCHEMA: dict[tuple[str, str], KeySpec] = {
-    ("", "seed"): ("seed", INT, non_negative),
+    ("", "seed"): ("seed", INT, _seed),
     ("", "deterministic"): ("deterministic", BOOL, None),
     ("", "work_dir"): ("work_dir", (str,), None),
     ("runner", "type"): ("", (str,), _one_of(("EpochBasedRunner",))),
