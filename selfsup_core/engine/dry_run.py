@@ -37,6 +37,10 @@ def preflight(config: Config) -> None:
         problems.append(config.problem(("model",), "missing [model] table (the algorithm to train), e.g. [model] "
                                                    "type = \"SimCLR\"" if "model" not in config.data else
                                        "must be a table with a 'type' naming an algorithm"))
+    data = config.data.get("data")
+    train = data.get("train") if isinstance(data, Mapping) else None
+    if isinstance(train, Mapping) and "type" not in train:
+        problems.append(config.problem(("data", "train"), "missing the dataset's type, e.g. type = \"MultiViewDataset\""))
     steps = [lambda: validate(config), lambda: read_eval_settings(config)]
     if "runner" in config.data or "data" in config.data:
         steps += [lambda: read_settings(config), lambda: build_hooks(config)]
@@ -77,7 +81,13 @@ def check_data(config: Config, model: Any, *, dry_run: bool = True) -> str | Non
         return None
     if any(not Path(value).exists() for _, value in data_paths(train, ("data", "train"))):
         return None
-    dataset = Builder(config).build(dict(train), "datasets", ("data", "train"))
+    try:
+        dataset = Builder(config).build(dict(train), "datasets", ("data", "train"))
+    except ConfigError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) or "not found" in str(cause or ""):
+            return None  # the data is not on this machine: the caller notes which paths the run reads
+        raise
     note = f"data.train: {len(dataset):,} samples"
     if not dry_run or not hasattr(model, "forward"):
         return note
@@ -100,8 +110,14 @@ def check_data(config: Config, model: Any, *, dry_run: bool = True) -> str | Non
                                          f"failed: {_first_line(exc)}")) from exc
     try:
         transform = device_transform_of(dataset, torch.device("cpu"))
+        before = _channels(batch)
         if transform is not None:
             batch = transform(batch)
+        if before is not None and _channels(batch) != before:  # e.g. a 3-value mean on grey images
+            raise ConfigError(config.problem(
+                ("data", "train", "pipeline"), f"the batched transforms turn {before}-channel images into "
+                f"{_channels(batch)}-channel ones; likely: Normalize's mean/std have another number of values than "
+                "the images have channels (skip this check with --no-dry-run)"))
         keys = _accepted_keywords(model.forward)
         kwargs = ({"img": batch} if not isinstance(batch, Mapping) else
                   {k: v for k, v in batch.items() if keys is None or k in keys})
@@ -122,6 +138,20 @@ def check_data(config: Config, model: Any, *, dry_run: bool = True) -> str | Non
         raise ConfigError(config.problem(path, f"a dry forward of one batch ({count} samples of data.train) failed: "
                                                f"{text}; likely: {why} (skip this check with --no-dry-run)")) from exc
     return note + f", one batch of {count} ran through the model"
+
+
+def _channels(batch: Any) -> int | None:
+    """The channel count of the first 4-d tensor in a (nested) batch, or None."""
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[1]) if batch.dim() == 4 else None
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        found = _channels(value)
+        if found is not None:
+            return found
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -110,6 +110,10 @@ def _grad_clip(value: Any) -> str | None:
         return f"unknown key {sorted(unknown)[0]!r}; grad_clip takes max_norm and norm_type"
     if "max_norm" not in value:
         return "needs max_norm, e.g. grad_clip = {max_norm = 1.0}"
+    for key in ("max_norm", "norm_type"):
+        number = value.get(key, 1.0)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not number > 0:
+            return f"{key} must be a number > 0, got {number!r}"
     return None
 
 
