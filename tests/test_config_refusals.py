@@ -159,3 +159,18 @@ def test_deep_nesting_is_one_line(tmp_path, capsys, kind):
     assert main([str(path), "--check", *args]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "RecursionError" not in err[0], err
+
+
+def test_odc_min_cluster_larger_than_every_cluster_is_one_line(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from selfsup_core.errors import SelfSupError
+    from selfsup_models.memories.odc import ODCMemory
+
+    memory = ODCMemory(length=8, feat_dim=4, momentum=0.5, num_classes=2, min_cluster=100)
+    memory.init_memory(torch.randn(8, 4).numpy(), (torch.arange(8) % 2).numpy())
+    with pytest.raises(SelfSupError) as info:
+        memory.deal_with_small_clusters()
+    assert isinstance(info.value, ValueError)  # what callers caught before
+    assert str(info.value) == ("ODCMemory: every cluster has fewer than min_cluster=100 samples; lower min_cluster "
+                               "or num_classes")

@@ -253,6 +253,9 @@ class Trainer:
         self.lr_schedule = build_lr_schedule(self.config.data.get("lr_config"), self.optimizer,
                                              iters_per_epoch=self.iters_per_epoch, max_epochs=self.max_epochs,
                                              config=self.config, path=("lr_config",))
+        from .schedules import warmup_warning
+
+        self._warmup_warning = warmup_warning(self.lr_schedule, self.max_epochs * self.iters_per_epoch)
         self.device_transform = device_transform_of(self.dataset, self.device)
 
         compile_mode = settings.compile
@@ -283,6 +286,8 @@ class Trainer:
                 f"{f' x {self.world_size} processes' if self.world_size > 1 else ''}, "
                 f"precision {str(self.autocast_dtype).replace('torch.', '') if self.autocast_dtype else 'fp32'}, "
                 f"{len(self.dataset)} samples, {self.iters_per_epoch} iterations/epoch, work dir {self.work_dir}")
+            if self._warmup_warning:
+                self.logger.message(self._warmup_warning)
 
     def _prepare_work_dir(self) -> Path | None:
         """Create and lock the work dir (main process), refuse to clobber a run, check that
