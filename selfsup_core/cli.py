@@ -243,6 +243,10 @@ def load_command_config(args: argparse.Namespace, path: str | None = None,
                          args.cfg_options if overrides is None else overrides)
     _plugins.get_plugin_manager().hook.selfsup_process_config(config=config)
     _refuse_import_paths(config)
+    if getattr(args, "device", None) is not None:  # checked like [runner] device, before any torch call
+        from .engine.settings import check_device
+
+        check_device(args.device, "--device")
     return config
 
 

@@ -102,6 +102,18 @@ def _device(value: Any) -> str | None:
     return None if head in ("auto", "cpu", "cuda", "mps") else "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
 
 
+def check_device(value: str, flag: str) -> None:
+    """Raise a one-line :class:`ConfigError` naming ``flag`` when ``value`` is not a device
+    the trainer knows (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``); called by the CLI
+    for ``--device``."""
+    problem = _device(value)
+    index = value.partition(":")[2]
+    if problem is None and index and not index.isdigit():
+        problem = "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+    if problem:
+        raise ConfigError(f"{problem}, got {value!r}", key=flag)
+
+
 def _grad_clip(value: Any) -> str | None:
     if value is None:
         return None
