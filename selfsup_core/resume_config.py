@@ -117,6 +117,8 @@ def resolve_for_resume(
     if not getattr(args, "resume", None):
         return requested, None
     work_dir = Path(args.work_dir) if args.work_dir else work_dir_of(requested)
+    if not args.work_dir and Path(args.config).name == SAVED_NAME:  # selfsup-run WORK_DIR/config.toml --resume
+        work_dir = Path(args.config).parent
     saved_path = work_dir / SAVED_NAME
     if not saved_path.is_file():
         return requested, work_dir

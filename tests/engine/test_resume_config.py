@@ -66,3 +66,15 @@ def test_changes_on_resume_are_refused_in_one_line_unless_asked_for(write_config
     assert (work / "config.prev.toml").read_text() == saved
     assert "max_epochs = 3" in (work / "config.toml").read_text()
     assert torch.load(work / "latest.pth", weights_only=True)["meta"]["iter"] == 18
+
+
+def test_resuming_from_the_saved_config_file_itself(write_config, tmp_path, capsys):
+    config = write_config(HOOK, name="itself.toml")
+    work = tmp_path / "w"
+    assert main([str(config), "--work-dir", str(work), "--seed", "5", *OVERRIDES]) == 0
+    saved = (work / "config.toml").read_text()
+    assert saved.splitlines()[:2] == [f"# resolved from {config}", '# overrides: ["data.train.length=48", '
+                                      '"runner.max_epochs=2", "log_config.progress=none", "seed=5"]']
+    assert main([str(work / "config.toml"), "--resume"]) == 0  # nothing left to train: the same config
+    assert (work / "config.toml").read_text() == saved
+    capsys.readouterr()
