@@ -100,7 +100,9 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--deterministic", action="store_true", default=None, help="deterministic algorithms (bitwise reproducible)"
     )
-    train.add_argument("--check", action="store_true", help="validate the config and build the model, then stop")
+    train.add_argument("--check", action="store_true",
+                       help="validate the config and build the model (and, when its files are here, the training data "
+                            "with one dry batch), then stop")
     train.add_argument("--no-dry-run", action="store_true",
                        help="with --check: build the training data but run no batch through the model")
     train.add_argument("--resume-with-changes", action="store_true",
@@ -277,8 +279,7 @@ def _tool(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .build import build_model, validate
-
+    from .build import build_model
     from .resume_config import resolve_for_resume
 
     config, resolved_work_dir = resolve_for_resume(
@@ -302,8 +303,7 @@ def _train(args: argparse.Namespace) -> int:
         if result["rank"] == 0:  # one summary (and one plot) per run, not one per process
             print(run_summary(result, plot_setting=read_settings(config).plot))
         return 0
-    validate(config)
-    model = build_model(config)
+    model = build_model(config)  # validated by preflight()
     if "runner" in config.data or "data" in config.data:
         _check_trainer_sections(config, model)
     elif "evaluation" in config.data:  # an evaluation-only config (eval, tsne)

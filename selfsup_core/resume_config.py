@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .config import Config, format_key, load_config
+from .config import Config, format_key
 from .errors import ConfigError
 
 SAVED_NAME = "config.toml"
@@ -146,8 +146,9 @@ def resolve_for_resume(
             f"--resume would change the run's saved config in {len(changes)} key(s) ({shown}); continue the run as "
             f"it was with: selfsup-run {source or saved_path} --work-dir {work_dir} --resume, or pass "
             "--resume-with-changes to apply the changes", file=str(saved_path))
-    print(f"resuming with changes to {saved_path} (the old one is kept as {PREVIOUS_NAME}):", file=sys.stderr)
-    for line in changes:
-        print(f"  {line}", file=sys.stderr)
-    shutil.copyfile(saved_path, work_dir / PREVIOUS_NAME)
+    if os.environ.get("RANK", "0") in ("", "0"):  # under torchrun: the main process reports and keeps the file
+        print(f"resuming with changes to {saved_path} (the old one is kept as {PREVIOUS_NAME}):", file=sys.stderr)
+        for line in changes:
+            print(f"  {line}", file=sys.stderr)
+        shutil.copyfile(saved_path, work_dir / PREVIOUS_NAME)
     return wanted, work_dir
