@@ -29,6 +29,7 @@ from . import import_paths as _import_paths
 from . import registry as _registry
 from .config import Config, KeyPath
 from .errors import ConfigError, Problem, SelfSupError, describe_exception, did_you_mean
+from .value_checks import component_value_problem, range_problem, scalar_fits_class
 
 #: Config keys whose typed tables are components of a kind: each kind's registry name and
 #: its singular (from :data:`selfsup_core.registry.KINDS`), plus the MMSelfSup spellings of
@@ -135,6 +136,10 @@ class Builder:
     def _plan_child(self, value: Any, key: str | int, path: KeyPath, owner: Any) -> Any:
         if isinstance(key, str) and key.endswith(RAW_SUFFIX):
             return value
+        kind = strict_kind_for_key(key, owner) if owner is not None else None
+        if kind is not None and component_value_problem(key, value, kind):
+            self._problem((*path, key), str(component_value_problem(key, value, kind)))
+            return value
         planned = self.plan(value, kind_for_key(key, owner), (*path, key))
         if key in (getattr(owner, "__selfsup_deferred_args__", None) or ()):
             return _Deferred(value)  # validated now; the owner builds it when it needs it (run time)
@@ -215,6 +220,10 @@ class Builder:
         for name in required_parameters(factory):
             if name not in args:
                 self._problem(path, f"missing required argument {name!r} of {label}")
+        for key, value in args.items():
+            problem = range_problem(key, value) if isinstance(key, str) else None
+            if problem:
+                self._problem((*path, key), problem)
         hints = annotations(factory)
         for key, value in args.items():
             if key in hints and not (isinstance(value, dict) and "type" in value):
@@ -333,7 +342,7 @@ def type_matches(value: Any, annotation: Any) -> bool | None:
         return True
     if container in _MAPPINGS:
         return isinstance(value, dict)
-    return None
+    return scalar_fits_class(value, annotation)
 
 
 def _is_component(value: Any) -> bool:
@@ -373,6 +382,22 @@ def build(
     return builder.build(dict(table), _registry.canonical_kind(kind) if kind else None, keys, default_args)
 
 
+#: dataset tables of the trainer's sections, checked as datasets by validate()
+_SECTION_DATASETS = {("evaluation", "train"): "datasets", ("evaluation", "test"): "datasets",
+                     ("data", "train"): "datasets", ("data", "val"): "datasets"}
+
+
+def strict_kind_for_key(key: str | int, owner: Any = None) -> str | None:
+    """The kind of a key that can only hold components (declared by ``owner`` or one of
+    :data:`KEY_KINDS` exactly, not a suffix: ``num_heads`` is a number)."""
+    if not isinstance(key, str):
+        return None
+    declared = getattr(owner, "__selfsup_arg_kinds__", None) or {}
+    if key in declared:
+        return _registry.canonical_kind(declared[key])
+    return KEY_KINDS.get(key.lower())
+
+
 def validate(config: Config, registries: _registry.Registries | None = None) -> None:
     """Check every component table of ``config`` without constructing anything.
 
@@ -387,6 +412,12 @@ def validate(config: Config, registries: _registry.Registries | None = None) -> 
         if isinstance(key, str) and key.endswith(RAW_SUFFIX):
             return
         kind = kind_for_key(key) if key is not None else None
+        if kind is None and isinstance(value, dict) and "type" in value:  # evaluation.test: checked as a dataset
+            kind = _SECTION_DATASETS.get(tuple(path))
+        strict = strict_kind_for_key(key) if key is not None else None
+        if (strict or kind) and component_value_problem(key, value, strict or kind):
+            builder._problem(path, str(component_value_problem(key, value, strict or kind)))
+            return
         if isinstance(value, list):
             for i, item in enumerate(value):
                 if kind and isinstance(item, dict):

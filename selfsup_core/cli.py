@@ -104,7 +104,15 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--deterministic", action="store_true", default=None, help="deterministic algorithms (bitwise reproducible)"
     )
-    train.add_argument("--check", action="store_true", help="validate the config and build the model, then stop")
+    train.add_argument("--check", action="store_true",
+                       help="validate the config and build the model (and, when its files are here, the training data "
+                            "with one dry batch), then stop")
+    train.add_argument("--no-dry-run", action="store_true",
+                       help="with --check: build the training data but run no batch through the model")
+    train.add_argument("--resume-with-changes", action="store_true",
+                       help="with --resume: apply a changed CONFIG or new --cfg-options to the run (printed as a diff; "
+                            "the old config is kept as WORK_DIR/config.prev.toml). Without it --resume uses the run's "
+                            "saved WORK_DIR/config.toml and refuses changes")
 
     for name, text in (("eval", "evaluate a checkpoint's features with the [evaluation] table's evaluators"),
                        ("tsne", "plot a t-SNE map of a checkpoint's test features (PNG)")):
@@ -247,14 +255,20 @@ def _leave_process_group(wait: bool) -> None:
 
 
 # -- commands -----------------------------------------------------------------------------
-def load_command_config(args: argparse.Namespace) -> Any:
-    """``args.config`` with ``args.cfg_options`` applied, after the plugins'
-    ``selfsup_process_config`` hooks: the config every command that takes one works on."""
+def load_command_config(args: argparse.Namespace, path: str | None = None,
+                        overrides: Sequence[str] | None = None) -> Any:
+    """``args.config`` with ``args.cfg_options`` applied (or ``path`` with ``overrides``), after
+    the plugins' ``selfsup_process_config`` hooks: the config every command that takes one works on."""
     from .config import load_config
 
-    config = load_config(args.config, args.cfg_options)
+    config = load_config(path if path is not None else args.config,
+                         args.cfg_options if overrides is None else overrides)
     _plugins.prepare_config(config)
     _refuse_import_paths(config)
+    if getattr(args, "device", None) is not None:  # checked like [runner] device, before any torch call
+        from .engine.settings import check_device
+
+        check_device(args.device, "--device")
     return config
 
 
@@ -285,16 +299,22 @@ def _tool(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .build import build_model, validate
+    from .build import build_model
+    from .resume_config import resolve_for_resume
 
-    config = load_command_config(args)
+    config, resolved_work_dir = resolve_for_resume(
+        args, lambda path, overrides: load_command_config(args, path, overrides),
+        lambda c: Path(c.data.get("work_dir") or Path("work_dirs") / Path(c.filename).stem))
+    from .engine.dry_run import check_data, preflight
+
+    preflight(config)  # every problem of the config in one round, before anything is built
     if not args.check:
         from .engine.settings import read_settings
         from .engine.trainer import Trainer
 
         result = Trainer(
             config,
-            work_dir=args.work_dir,
+            work_dir=resolved_work_dir or args.work_dir,
             resume=args.resume,
             device=args.device,
             deterministic=args.deterministic,
@@ -307,10 +327,13 @@ def _train(args: argparse.Namespace) -> int:
 
             append_to_run_log(result["work_dir"], summary)
         return 0
-    validate(config)
-    model = build_model(config)
+    model = build_model(config)  # validated by preflight()
     if "runner" in config.data or "data" in config.data:
         _check_trainer_sections(config, model)
+    elif "evaluation" in config.data:  # an evaluation-only config (eval, tsne)
+        from .engine.evaluation import read_eval_settings
+
+        read_eval_settings(config)
     line = f"{config.filename}: OK, model {config.data['model']['type']}"
     parameters = getattr(model, "parameters", None)
     if callable(parameters):
@@ -318,10 +341,11 @@ def _train(args: argparse.Namespace) -> int:
         total = sum(p.numel() for p in tensors)
         trainable = sum(p.numel() for p in tensors if p.requires_grad)
         line += f" with {total:,} parameters ({trainable:,} trainable)"
-    print(line)
+    checked = check_data(config, model, dry_run=not args.no_dry_run)
+    print(line + (f"; {checked}" if checked else ""))
     from .tools.data_paths import data_paths_note
 
-    note = data_paths_note(config.data)
+    note = None if checked else data_paths_note(config.data)
     if note:
         print(note, file=sys.stderr)
     return 0

@@ -56,6 +56,8 @@ class Config:
     origins: dict[KeyPath, str] = attrs.field(factory=dict, repr=False)
     #: True once the plugins' ``selfsup_process_config`` hooks ran on it (:func:`prepare_config`).
     processed: bool = attrs.field(default=False, repr=False, eq=False)
+    #: the ``KEY=VALUE`` overrides applied on load (recorded in a run's saved config.toml)
+    overrides: tuple[str, ...] = attrs.field(default=(), repr=False)
 
     def origin(self, path: Sequence[str | int]) -> str:
         """The file that set ``path`` (or its nearest ancestor that has a record)."""
@@ -116,7 +118,8 @@ def _split(path: str | Sequence[str | int]) -> KeyPath:
 def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> Config:
     """Load a TOML config with its ``_base_`` chain and apply ``overrides`` (``"a.b=1"``)."""
     data, origins = _load(Path(path), ())
-    config = Config(data, display_path(path), origins)
+    overrides = tuple(overrides)
+    config = Config(data, display_path(path), origins, overrides)
     apply_overrides(config, overrides)
     return config
 
@@ -125,7 +128,7 @@ def read_config_text(path: Path, shown: str) -> str:
     """The UTF-8 text of a config file; a missing or unreadable file is a
     :class:`ConfigError` naming it as ``shown``."""
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_bytes().decode("utf-8")  # no newline translation: a lone CR is refused, not read as LF
     except FileNotFoundError:
         raise ConfigError(f"config file not found ({os.path.abspath(path)})", file=shown) from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -136,8 +139,15 @@ def read_toml(path: Path) -> dict[str, Any]:
     """Parse one TOML file; a syntax error names the file, line, column and line text."""
     shown = display_path(path)
     text = read_config_text(path, shown)
+    if "\r" in text.replace("\r\n", ""):
+        line_no = text.count("\n", 0, text.replace("\r\n", "\n\n").find("\r")) + 1
+        raise ConfigError("invalid TOML: a carriage return (CR) without a line feed; TOML lines end in LF or CR LF "
+                          "(convert the file, e.g. with dos2unix -c mac)", file=f"{shown}:{line_no}")
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigError(f"invalid TOML: tables or arrays nested too deeply (more than Python can parse); "
+                          f"a config needs at most {MAX_DEPTH} levels", file=shown) from None
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         where = re.search(r"\(at line (\d+), column (\d+)\)|\(at end of document\)", message)
@@ -152,6 +162,10 @@ def read_toml(path: Path) -> dict[str, Any]:
             if 0 < line_no <= len(lines):
                 message += f" in line {lines[line_no - 1].strip()!r}"
         raise ConfigError(f"invalid TOML: {message}", file=shown) from None
+    depth_problem = too_deep(data)
+    if depth_problem:
+        raise ConfigError(depth_problem, file=shown)
+    return data
 
 
 def _load(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[KeyPath, str]]:
@@ -169,6 +183,8 @@ def _load(path: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[Key
     for index, base in enumerate(bases):
         key = BASE_KEY if len(bases) == 1 else f"{BASE_KEY}.{index}"
         base_path = _scoped_base(base, shown, key) if "::" in base else (path.parent / base).resolve()
+        if len(chain) >= MAX_DEPTH:
+            raise ConfigError(f"_base_ files inherit more than {MAX_DEPTH} levels deep; flatten the chain", file=shown, key=key)
         if base_path == here or base_path in chain:
             cycle = " -> ".join(display_path(p) for p in (*chain, here, base_path))
             raise ConfigError(f"_base_ files include each other in a cycle: {cycle}", file=shown, key=key)
@@ -267,6 +283,27 @@ def _toml_type(value: Any) -> str:
     )
 
 
+#: how deep tables, arrays, dotted keys and _base_ chains may nest (far beyond any real config;
+#: deeper ones would end in RecursionError in the builder)
+MAX_DEPTH = 64
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> str | None:
+    """``"tables or arrays nested more than N levels deep ..."`` when ``value`` nests deeper
+    than ``limit`` (counted without recursion), else None. Called on every file read and
+    every override value."""
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return f"tables or arrays nested more than {limit} levels deep; a config needs far fewer"
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return None
+
+
 # -- overrides ------------------------------------------------------------------------------
 def parse_override(text: str) -> tuple[KeyPath, Any]:
     """``"model.backbone.depth=18"`` -> ``(("model", "backbone", "depth"), 18)``.
@@ -281,6 +318,8 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
         raise ValueError("expected KEY=VALUE, e.g. optimizer.lr=0.3")
     if not key or any(not part for part in key.split(".")):
         raise ValueError("the key is empty or has an empty part between dots")
+    if key.count(".") >= MAX_DEPTH:
+        raise ValueError(f"the key has more than {MAX_DEPTH} dotted parts")
     if not raw:
         raise ValueError('the value is empty; give a TOML value, e.g. name="" for an empty string')
     try:
@@ -288,6 +327,10 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
         if len(parsed) != 1:
             raise ValueError(f"{raw!r} is more than one TOML value; give one value per KEY=VALUE")
         value = parsed["v"]
+        if too_deep(value):
+            raise ValueError(f"the value is nested more than {MAX_DEPTH} levels deep")
+    except RecursionError:
+        raise ValueError("the value is nested too deeply to parse") from None
     except tomllib.TOMLDecodeError as exc:
         if raw[0] in "[{\"'" or not re.fullmatch(r"[\w./:+-]+", raw):
             raise ValueError(f"{raw!r} is not a valid TOML value ({exc})") from None

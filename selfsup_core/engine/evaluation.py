@@ -57,6 +57,11 @@ class EvalSettings:
     online: str = "KNN"
     samples_per_gpu: int = 256
     workers_per_gpu: int = 2
+    min_loaded_share: float = 1.0
+
+
+def _share(value: Any) -> str | None:
+    return None if 0 <= value <= 1 and not isinstance(value, bool) else f"must be between 0 and 1, got {value!r}"
 
 
 _SCHEMA: dict[str, KeySpec] = {
@@ -65,6 +70,7 @@ _SCHEMA: dict[str, KeySpec] = {
     "online": ("online", (str,), None),
     "samples_per_gpu": ("samples_per_gpu", INT, positive),
     "workers_per_gpu": ("workers_per_gpu", INT, non_negative),
+    "min_loaded_share": ("min_loaded_share", (int, float), _share),
 }
 _TABLES = ("train", "test", "evaluators")
 
@@ -386,6 +392,12 @@ def evaluate_checkpoint(
     built = build_evaluators(config, chosen, builder)
     model = builder.build(config.data["model"], "algorithms", ("model",))
     meta: dict[str, Any] = {}
+    from .loaded_weights import check_loaded_share, weights_read
+
+    if checkpoint is None:  # a --checkpoint replaces every tensor (strictly) anyway
+        for line in check_loaded_share(config, model, float(settings.min_loaded_share)):
+            print(line, file=sys.stderr)
+    read = ([str(checkpoint)] if checkpoint is not None else []) + weights_read(model)
     if checkpoint is not None:
         meta = load_weights(model, checkpoint)
     model = revert_sync_batchnorm(model).to(torch_device)
@@ -420,7 +432,8 @@ def evaluate_checkpoint(
     results = run_evaluators(built, context)
     record = {
         "config": str(config.filename),
-        "checkpoint": checkpoint,
+        "checkpoint": read[0] if read else None,
+        "weights_read": read,
         "epoch": meta.get("epoch"),
         "evaluators": [table for _, table in chosen],
         "results": results,

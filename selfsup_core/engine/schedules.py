@@ -223,6 +223,19 @@ class LrSchedule:
         return f"LrSchedule(policy={self.policy!r}, by_epoch={self.by_epoch}{extra}{warm})"
 
 
+def warmup_warning(schedule: Any, max_iters: int) -> str | None:
+    """One line when the warm-up does not end before the run does (a shrunk schedule:
+    ``runner.max_epochs`` lowered, warm-up kept): the lr never reaches its peak. None
+    otherwise. Called by the trainer once the schedule is built."""
+    warmup_iters = int(getattr(schedule, "warmup_iters", 0) or 0)
+    if not getattr(schedule, "warmup", None) or max_iters <= 0 or warmup_iters < max_iters:
+        return None
+    peak = max(schedule.lr_at(i, 1.0) for i in range(0, max_iters, max(1, max_iters // 200)))
+    return (f"warning: lr_config: the warm-up ({warmup_iters} iterations) is not shorter than the whole run "
+            f"({max_iters} iterations): the lr reaches only {peak:.1%} of its configured value; shorten "
+            "lr_config.warmup_iters (or warmup_by_epoch) for this run length")
+
+
 def build_lr_schedule(
     cfg: Optional[Mapping[str, Any]],
     optimizer: Optional[torch.optim.Optimizer],

@@ -79,6 +79,11 @@ def non_negative(value: Any) -> str | None:
     return None if value >= 0 else f"must be >= 0, got {value!r}"
 
 
+def _seed(value: Any) -> str | None:
+    """A seed is 0 <= seed < 2**32 (NumPy's range; the sampler derives per-epoch seeds from it)."""
+    return None if 0 <= value < 2**32 else f"must be between 0 and {2**32 - 1} (2**32 - 1), got {value!r}"
+
+
 def _bool_or_auto(value: Any) -> str | None:
     return None if isinstance(value, bool) or value == "auto" else f"must be true, false or 'auto', got {value!r}"
 
@@ -97,6 +102,18 @@ def _device(value: Any) -> str | None:
     return None if head in ("auto", "cpu", "cuda", "mps") else "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
 
 
+def check_device(value: str, flag: str) -> None:
+    """Raise a one-line :class:`ConfigError` naming ``flag`` when ``value`` is not a device
+    the trainer knows (``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``auto``); called by the CLI
+    for ``--device``."""
+    problem = _device(value)
+    index = value.partition(":")[2]
+    if problem is None and index and not index.isdigit():
+        problem = "must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+    if problem:
+        raise ConfigError(f"{problem}, got {value!r}", key=flag)
+
+
 def _grad_clip(value: Any) -> str | None:
     if value is None:
         return None
@@ -105,6 +122,10 @@ def _grad_clip(value: Any) -> str | None:
         return f"unknown key {sorted(unknown)[0]!r}; grad_clip takes max_norm and norm_type"
     if "max_norm" not in value:
         return "needs max_norm, e.g. grad_clip = {max_norm = 1.0}"
+    for key in ("max_norm", "norm_type"):
+        number = value.get(key, 1.0)
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not number > 0:
+            return f"{key} must be a number > 0, got {number!r}"
     return None
 
 
@@ -119,7 +140,7 @@ BOOL = (bool,)
 #: How a key is read: (attribute, accepted python types, check(value) -> error text or None).
 KeySpec = tuple[str, tuple[type, ...], Any]
 _SCHEMA: dict[tuple[str, str], KeySpec] = {
-    ("", "seed"): ("seed", INT, non_negative),
+    ("", "seed"): ("seed", INT, _seed),
     ("", "deterministic"): ("deterministic", BOOL, None),
     ("", "work_dir"): ("work_dir", (str,), None),
     ("runner", "type"): ("", (str,), _one_of(("EpochBasedRunner",))),

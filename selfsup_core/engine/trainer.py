@@ -254,6 +254,9 @@ class Trainer:
         self.lr_schedule = build_lr_schedule(self.config.data.get("lr_config"), self.optimizer,
                                              iters_per_epoch=self.iters_per_epoch, max_epochs=self.max_epochs,
                                              config=self.config, path=("lr_config",))
+        from .schedules import warmup_warning
+
+        self._warmup_warning = warmup_warning(self.lr_schedule, self.max_epochs * self.iters_per_epoch)
         self.device_transform = device_transform_of(self.dataset, self.device)
 
         compile_mode = settings.compile
@@ -276,13 +279,16 @@ class Trainer:
         if resume_path is not None:
             self._load_checkpoint(resume_path)
         if self.dist.is_main:
-            (self.work_dir / "config.toml").write_text(
-                f"# resolved from {self.config.filename}\n{self.config.to_toml()}", encoding="utf-8")
+            from ..resume_config import saved_config_text
+
+            (self.work_dir / "config.toml").write_text(saved_config_text(self.config), encoding="utf-8")
             self.logger.message(
                 f"selfsup {__version__}: {type(model).__name__} on {self.device}"
                 f"{f' x {self.world_size} processes' if self.world_size > 1 else ''}, "
                 f"precision {str(self.autocast_dtype).replace('torch.', '') if self.autocast_dtype else 'fp32'}, "
                 f"{len(self.dataset)} samples, {self.iters_per_epoch} iterations/epoch, work dir {self.work_dir}")
+            if self._warmup_warning:
+                self.logger.message(self._warmup_warning)
 
     def _prepare_work_dir(self) -> Path | None:
         """Create and lock the work dir (main process), refuse to clobber a run, check that

@@ -73,7 +73,7 @@ def test_an_unreadable_image_in_a_resumed_run_is_one_line_and_keeps_the_checkpoi
     bad.write_bytes(bad.read_bytes()[:40])  # truncated between the epochs
     before = snapshot(work)
     assert set(before) == {"epoch_1.pth", "latest.pth"}
-    resumed = subprocess.run([str(SCRIPT), str(config), "--work-dir", str(work), "--resume",
+    resumed = subprocess.run([str(SCRIPT), str(config), "--work-dir", str(work), "--resume", "--resume-with-changes",
                                "--allow-import-paths", "--set", "runner.max_epochs=3", f"data.workers_per_gpu={workers}"],
                              capture_output=True, text=True, env=toy_env, timeout=300)
     assert resumed.returncode == 2

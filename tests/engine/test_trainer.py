@@ -314,7 +314,8 @@ def test_resuming_a_one_process_run_under_two_processes_restarts_the_epoch(write
     env = dict(toy_env, OMP_NUM_THREADS="1")
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "selfsup_core.cli",
-         str(plain), "--allow-import-paths", "--work-dir", str(work), "--device", "cpu", "--resume"],
+         str(plain), "--allow-import-paths", "--work-dir", str(work), "--device", "cpu", "--resume",
+         "--resume-with-changes"],  # plain.toml: the same run without the stopping hook
         env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "comes from 1 processes, this run has 2" in ddp.stderr

@@ -172,7 +172,8 @@ def test_mocov1_one_epoch_then_resume_restores_the_queue(run_one_epoch) -> None:
     assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
     first = checkpoint.load(work_dir / "latest.pth")["state_dict"]
     assert int(first["queue_ptr"]) == 256
-    work_dir, _ = run_one_epoch(V1_FASHION, values, "--resume", "--cfg-options", "runner.max_epochs=2")
+    work_dir, _ = run_one_epoch(V1_FASHION, values, "--resume", "--resume-with-changes",
+                                 "--cfg-options", "runner.max_epochs=2")
     second = checkpoint.load(work_dir / "latest.pth")["state_dict"]
     assert int(second["queue_ptr"]) == 128
     torch.testing.assert_close(second["queue"][:, 128:256], first["queue"][:, 128:256])

@@ -327,16 +327,12 @@ def _load_pretrained(module: nn.Module, cfg: dict[str, Any], report: InitReport)
     report.missing.extend(missing)
     report.unexpected.extend(unexpected)
     report.mismatched.extend(mismatched)
-    logger.info(
-        "%s: loaded %d keys from %s (%d missing, %d unexpected, %d shape-mismatched)",
-        type(module).__name__, len(usable), path, len(missing), len(unexpected), len(mismatched),
-    )
-    if missing:
-        logger.warning("%s: keys missing from %s: %s", type(module).__name__, path, ", ".join(missing))
-    if unexpected:
-        logger.warning("%s: unexpected keys in %s: %s", type(module).__name__, path, ", ".join(unexpected))
-    if mismatched:
-        logger.warning("%s: shape mismatches with %s: %s", type(module).__name__, path, "; ".join(mismatched))
+    from selfsup_core.api import load_summary
+
+    # one short line, never every key name (a 0-of-120 load would otherwise be kilobytes)
+    log = logger.warning if (missing or unexpected or mismatched) else logger.info
+    log("%s: %s from %s", type(module).__name__,
+        load_summary(len(usable), missing, unexpected, mismatched), path)
 
 
 # --------------------------------------------------------------------------- entry points

@@ -6,10 +6,15 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-from selfsup_core.api import dist
+from selfsup_core.api import SelfSupError, dist
 
 from ..init import BaseModule
 from .simple import gather_updates
+
+
+class ODCMemoryError(SelfSupError, ValueError):
+    """A setting of ODCMemory that the data makes impossible (e.g. ``min_cluster`` larger than
+    every cluster): the CLI prints its message as one line, exit 2."""
 
 InitCfg = Union[dict, list[dict], None]
 _EPS = 1e-10
@@ -205,7 +210,7 @@ class ODCMemory(BaseModule):
         keep[small] = False
         inclusion = torch.nonzero(keep).flatten()
         if inclusion.numel() == 0:
-            raise ValueError(
+            raise ODCMemoryError(
                 f"ODCMemory: every cluster has fewer than min_cluster={self.min_cluster} samples; "
                 "lower min_cluster or num_classes"
             )
