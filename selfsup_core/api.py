@@ -60,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "EvalContext": "selfsup_core.engine.evaluation:EvalContext",
     "SPLITS": "selfsup_core.engine.evaluation:SPLITS",
     "load_weights": "selfsup_core.engine.evaluation:load_weights",
+    "load_summary": "selfsup_core.engine.loaded_weights:load_summary",
     "Trainer": "selfsup_core.engine.trainer:Trainer",
     "train": "selfsup_core.engine.trainer:train",
 }

@@ -412,8 +412,8 @@ def validate(config: Config, registries: _registry.Registries | None = None) -> 
         if isinstance(key, str) and key.endswith(RAW_SUFFIX):
             return
         kind = kind_for_key(key) if key is not None else None
-        if kind is None and isinstance(value, dict) and "type" in value:  # evaluation.test: checked as a dataset
-            kind = _SECTION_DATASETS.get(tuple(path))
+        if kind is None and (not isinstance(value, dict) or "type" in value):  # evaluation.test: checked as a dataset
+            kind = _SECTION_DATASETS.get(tuple(path))  # (a string or number there is refused)
         strict = strict_kind_for_key(key) if key is not None else None
         if (strict or kind) and component_value_problem(key, value, strict or kind):
             builder._problem(path, str(component_value_problem(key, value, strict or kind)))

@@ -54,10 +54,10 @@ class Config:
     data: dict[str, Any]
     filename: str = "<config>"
     origins: dict[KeyPath, str] = attrs.field(factory=dict, repr=False)
-    #: True once the plugins' ``selfsup_process_config`` hooks ran on it (:func:`prepare_config`).
-    processed: bool = attrs.field(default=False, repr=False, eq=False)
     #: the ``KEY=VALUE`` overrides applied on load (recorded in a run's saved config.toml)
     overrides: tuple[str, ...] = attrs.field(default=(), repr=False)
+    #: True once the plugins' ``selfsup_process_config`` hooks ran on it (:func:`prepare_config`).
+    processed: bool = attrs.field(default=False, repr=False, eq=False, kw_only=True)
 
     def origin(self, path: Sequence[str | int]) -> str:
         """The file that set ``path`` (or its nearest ancestor that has a record)."""
@@ -119,7 +119,7 @@ def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> 
     """Load a TOML config with its ``_base_`` chain and apply ``overrides`` (``"a.b=1"``)."""
     data, origins = _load(Path(path), ())
     overrides = tuple(overrides)
-    config = Config(data, display_path(path), origins, overrides)
+    config = Config(data, display_path(path), origins, overrides=overrides)
     apply_overrides(config, overrides)
     return config
 
