@@ -92,7 +92,8 @@ def crop_boxes(n: int, height: int, width: int, scale: Sequence[float], ratio: S
 
 def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Crop ``boxes`` (n, 4: top, left, h, w) out of float images (n, C, H, W) and resize each
-    crop to ``size`` (h, w) bilinearly (``grid_sample``, half-pixel centres, border padding).
+    crop to ``size`` (h, w) bilinearly (``grid_sample``, half-pixel centres, sample positions
+    clamped to the crop's edge pixels, as when resizing the cropped image; no antialiasing).
     A box covering the whole image at the image's size returns the image unchanged."""
     n, _, height, width = images.shape
     top, left, h, w = boxes.unbind(1)
@@ -102,6 +103,10 @@ def resized_crops(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, in
     theta[:, 1, 1] = h / height
     theta[:, 1, 2] = (2 * top + h) / height - 1
     grid = F.affine_grid(theta, [n, images.shape[1], size[0], size[1]], align_corners=False)
+    # clamp to the crop's outer pixel centres: like resizing the cropped image, never read outside it
+    low = torch.stack([(2 * left + 1) / width - 1, (2 * top + 1) / height - 1], 1).view(n, 1, 1, 2)
+    high = torch.stack([(2 * (left + w) - 1) / width - 1, (2 * (top + h) - 1) / height - 1], 1).view(n, 1, 1, 2)
+    grid = torch.maximum(torch.minimum(grid, high.to(grid.dtype)), low.to(grid.dtype))
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
