@@ -245,6 +245,8 @@ class Trainer:
                                  else device_transform_of(self.dataset, self.device))
 
         compile_mode = settings.compile
+        if compile_mode == "auto":  # torch.compile pays off on CUDA; on a CPU its warm-up rarely does
+            compile_mode = self.device.type == "cuda"
         if compile_mode:
             target = getattr(model, "backbone", None) if compile_mode in (True, "backbone") else None
             (target if isinstance(target, nn.Module) else model).compile()

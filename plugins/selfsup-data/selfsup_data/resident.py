@@ -206,9 +206,12 @@ class ResidentPlan:
 
 def _groups_of(dataset: Any) -> tuple[list[Any], list[int], bool]:
     """``(composed pipelines, views per group, multi_view)`` of a OneView/MultiView dataset."""
-    if hasattr(dataset, "pipelines") and hasattr(dataset, "num_views"):
+    from .datasets.views import MultiViewDataset, OneViewDataset
+
+    # exact types: subclasses (DeepCluster's pseudo-labels ...) add per-sample outputs
+    if type(dataset) is MultiViewDataset:
         return list(dataset.pipelines), list(dataset.num_views), True
-    if hasattr(dataset, "pipeline") and type(dataset).__name__ in ("OneViewDataset", "SingleViewDataset"):
+    if type(dataset) is OneViewDataset:
         return [dataset.pipeline], [1], False
     raise NotResident(f"{type(dataset).__name__} is not a OneViewDataset or MultiViewDataset")
 
