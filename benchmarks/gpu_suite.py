@@ -40,6 +40,9 @@ RESULTS = REPO / "benchmarks" / "results"
 CONFIGS = REPO / "examples" / "configs"
 FMNIST = CONFIGS / "simclr_resnet18_1xb256-coslr-200e_fashion-mnist.toml"
 MAE = CONFIGS / "mae_vit-base-p16_8xb512-coslr-400e_in1k.toml"
+#: --smoke: ResNet-18 at width 4 on both sides of (a) and in (d)
+SMOKE_WIDTH = {"model.backbone.base_channels": 4, "model.backbone.stem_channels": 4, "model.neck.in_channels": 32,
+               "model.neck.hid_channels": 64, "model.neck.out_channels": 16}
 
 
 def matmul_peak(device: torch.device, smoke: bool) -> float:
@@ -146,10 +149,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 def item_a(device: str, smoke: bool, tmp: Path, sync: bool) -> dict[str, Any]:
     from selfsup_data.testing import fashion_mnist_npz
 
-    samples, batch = (64, 8) if smoke else (60000, 256)
+    samples, batch = (32, 8) if smoke else (60000, 256)
     npz, real = fashion_mnist_npz(tmp / "fm.npz", samples)
     values = {"runner.max_epochs": 1 if smoke else 2, "data.samples_per_gpu": batch, "evaluation.interval": 0,
-              "log_config.interval": 1 if smoke else 20, "data.resident": "auto", "checkpoint_config.interval": 100}
+              "log_config.interval": 1 if smoke else 20, "data.resident": "auto", "checkpoint_config.interval": 100,
+              **(SMOKE_WIDTH if smoke else {})}
     hooks = [("sync_check", SyncCheck(warmup=2 if smoke else 40))] if sync else []
     sync_result = "not run (no CUDA)" if not sync else "passed: no host synchronisation inside the steps"
     try:
@@ -158,7 +162,7 @@ def item_a(device: str, smoke: bool, tmp: Path, sync: bool) -> dict[str, Any]:
         sync_result = f"failed: {str(exc).splitlines()[0]}"
         torch.cuda.set_sync_debug_mode("default") if torch.cuda.is_available() else None
         selfsup = selfsup_run(FMNIST, values, npz, tmp / "a2", device)
-    steps = ["--steps", "2", "--warmup", "1", "--synthetic", "32", "--batch", str(batch)] if smoke else \
+    steps = ["--steps", "2", "--warmup", "1", "--synthetic", "32", "--batch", str(batch), "--width", "4"] if smoke else \
         ["--steps", "100", "--warmup", "20", "--batch", str(batch)]
     eager = plain(["--device", device, *steps])
     compiled = None if smoke else plain(["--device", device, "--compile", *steps])
@@ -176,10 +180,11 @@ def item_a(device: str, smoke: bool, tmp: Path, sync: bool) -> dict[str, Any]:
 
 
 def item_b(device: str, smoke: bool, tmp: Path, peak: float) -> dict[str, Any]:
-    size, batch = (32, 2) if smoke else (224, 256)
+    size, batch = (16, 2) if smoke else (224, 256)
     out = tmp / "b.json"
     args = ["--device", device, "--size", str(size), "--batch", str(batch), "--out", str(out)]
-    args += ["--iters", "2", "--image-size", "40", "--warmup-records", "0", "--log-interval", "1"] if smoke else []
+    args += ["--iters", "2", "--image-size", "20", "--warmup-records", "0", "--log-interval", "1",
+             "--workers", "0"] if smoke else []
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_simclr_throughput.py"), *args],
                           capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
@@ -199,9 +204,10 @@ def item_b(device: str, smoke: bool, tmp: Path, peak: float) -> dict[str, Any]:
 
 def item_c(device: str, smoke: bool, tmp: Path, peak: float) -> dict[str, Any]:
     batch = 2 if smoke else 256
-    npz = synthetic_npz(tmp / "mae.npz", 8 if smoke else 1024, (64, 64, 3) if smoke else (256, 256, 3))
-    values = {"runner.max_epochs": 1, "data.samples_per_gpu": batch, "data.workers_per_gpu": 0 if smoke else 8,
-              "log_config.interval": 1 if smoke else 5, "checkpoint_config.interval": 100, "data.resident": "auto"}
+    npz = synthetic_npz(tmp / "mae.npz", 4 if smoke else 4096, (32, 32, 3) if smoke else (64, 64, 3))
+    values = {"runner.max_epochs": 2 if smoke else 3, "data.samples_per_gpu": batch, "lr_config.warmup_iters": 1,
+              "data.workers_per_gpu": 0 if smoke else "auto", "log_config.interval": 1 if smoke else 4,
+              "checkpoint_config.interval": 100, "data.resident": "auto"}
     run = selfsup_run(MAE, values, npz, tmp / "c", device, flops=True)
     return {"what": f"MAE ViT-B/16 224 px, batch {batch} (samples/s)", "selfsup": run["samples_per_s"],
             "plain": None, "ratio": None, "mfu": round(run["samples_per_s"] * run["flops_per_sample"] / peak, 4),
@@ -212,12 +218,13 @@ def item_d(device: str, smoke: bool, tmp: Path) -> dict[str, Any]:
     if smoke:
         from selfsup_data.testing import fashion_mnist_npz
 
-        npz, _ = fashion_mnist_npz(tmp / "d.npz", 64)
+        npz, _ = fashion_mnist_npz(tmp / "d.npz", 32)
         values = {"runner.max_epochs": 1, "data.samples_per_gpu": 16, "evaluation.interval": 1,
-                  "evaluation.samples_per_gpu": 64, "evaluation.workers_per_gpu": 0, "checkpoint_config.interval": 1}
+                  "evaluation.samples_per_gpu": 32, "evaluation.workers_per_gpu": 0, "checkpoint_config.interval": 1,
+                  **SMOKE_WIDTH}
         run = selfsup_run(FMNIST, values, npz, tmp / "d", device)
         knn = (run["eval"] or {}).get("knn_top1")
-        return {"what": "smoke: 1 epoch on 64 images, kNN only", "train_seconds": run["seconds"],
+        return {"what": "smoke: 1 epoch on 32 images at width 4, kNN only", "train_seconds": run["seconds"],
                 "knn_top1": knn, "linear_top1": None, "epochs": 1}
     command = [sys.executable, str(REPO / "benchmarks" / "fashion_mnist_pretrain.py"), str(FMNIST), "--epochs", "200",
                "--train-samples", "60000", "--bank-samples", "60000", "--test-samples", "10000", "--linear",

@@ -9,8 +9,8 @@ by hand, so that ``selfsup / plain`` ratios measure the framework, not the recip
 - two views per image, batched on the device: RandomResizedCrop (torchvision's scale/ratio
   law per sample, ``affine_grid`` + ``grid_sample``), horizontal flip, brightness/contrast
   jitter (p 0.8), Gaussian blur (p 0.2), normalisation;
-- torchvision's ResNet-18 with the small-image stem (3x3 stride-1 conv, no max-pool) on 1
-  channel, or ResNet-50 with its ImageNet stem (``--arch resnet50`` on synthetic RGB images);
+- ResNet-18 with the small-image stem (3x3 stride-1 conv, no max-pool) on 1 channel
+  (``--width``: first-stage channels, 64 standard), or torchvision's ResNet-50 with its ImageNet stem (``--arch resnet50`` on synthetic RGB images);
   the projector Linear-BN-ReLU-Linear (512/2048 -> 2048 -> 128); NT-Xent (temperature 0.1);
 - bf16 autocast on CUDA (``--precision``), channels_last, SGD or LARS (``--optim``), all
   parameter updates with multi-tensor kernels; ``--compile`` compiles the training step.
@@ -108,15 +108,49 @@ def augment(raw: torch.Tensor, size: int, mean: float, std: float) -> torch.Tens
 
 
 # -- model, loss, optimiser ----------------------------------------------------------------------------------
-class SimCLR(nn.Module):
-    def __init__(self, arch: str, in_channels: int) -> None:
+class Block(nn.Module):
+    """ResNet's basic block."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        net = getattr(torchvision.models, arch)()
-        if arch == "resnet18":  # the small-image stem
-            net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-            net.maxpool = nn.Identity()
-        feat = net.fc.in_features
-        net.fc = nn.Identity()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                     if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(self.bn2(self.conv2(y)) + self.down(x), inplace=True)
+
+
+def small_resnet18(in_channels: int, width: int) -> nn.Module:
+    """ResNet-18 with the small-image stem (3x3 stride-1 conv, no max-pool), ``width`` channels in
+    the first stage (64: the standard network), global average pooling."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                               nn.ReLU(inplace=True)]
+    cin = width
+    for stage in range(4):
+        cout = width * 2**stage
+        layers += [Block(cin, cout, 1 if stage == 0 else 2), Block(cout, cout, 1)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    net = nn.Sequential(*layers)
+    net.out_features = cin
+    return net
+
+
+class SimCLR(nn.Module):
+    def __init__(self, arch: str, in_channels: int, width: int = 64) -> None:
+        super().__init__()
+        if arch == "resnet18":
+            net = small_resnet18(in_channels, width)
+            feat = net.out_features
+        else:
+            net = torchvision.models.resnet50()
+            feat = net.fc.in_features
+            net.fc = nn.Identity()
         self.backbone = net
         self.projector = nn.Sequential(nn.Linear(feat, 2048), nn.BatchNorm1d(2048), nn.ReLU(inplace=True),
                                        nn.Linear(2048, 128))
@@ -156,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet50"])
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--width", type=int, default=64, help="ResNet-18 first-stage channels (64: standard)")
     parser.add_argument("--size", type=int, default=28, help="crop size (px)")
     parser.add_argument("--synthetic", type=int, default=None,
                         help="N random images instead of Fashion-MNIST (RGB 256 px for resnet50, else 1x28x28)")
@@ -180,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
     images = images.to(device)
     channels = images.shape[1]
     mean, std = (0.286, 0.353) if channels == 1 else (0.45, 0.225)
-    model = SimCLR(args.arch, channels).to(device).to(memory_format=torch.channels_last)
+    model = SimCLR(args.arch, channels, args.width).to(device).to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     if args.optim == "sgd":
         optimizer = torch.optim.SGD(params, lr=0.3, momentum=0.9, weight_decay=1e-6, foreach=True)
