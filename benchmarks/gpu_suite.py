@@ -6,7 +6,7 @@
 Items (each a key of ``items`` in the results file):
 
 - ``a_fashion_mnist_simclr_r18``: the shipped ``simclr_resnet18_1xb256-coslr-200e_fashion-mnist``
-  config (device-resident data, ``runner.compile = "auto"``) against ``plain_loop.py`` eager and
+  config (device-resident data as the plain loop, ``runner.compile = "auto"``) against ``plain_loop.py`` eager and
   compiled on the same work; samples/s and s/epoch (60,000 images).
 - ``b_simclr_r50_224``: ResNet-50 SimCLR at 224 px (``gpu_simclr_throughput.py``, the in1k
   config on synthetic images) against ``plain_loop.py --arch resnet50``; MFU from the plain
@@ -152,7 +152,7 @@ def item_a(device: str, smoke: bool, tmp: Path, sync: bool) -> dict[str, Any]:
     samples, batch = (32, 8) if smoke else (60000, 256)
     npz, real = fashion_mnist_npz(tmp / "fm.npz", samples)
     values = {"runner.max_epochs": 1 if smoke else 2, "data.samples_per_gpu": batch, "evaluation.interval": 0,
-              "log_config.interval": 1 if smoke else 20, "data.resident": "auto", "checkpoint_config.interval": 100,
+              "log_config.interval": 1 if smoke else 20, "data.resident": True, "checkpoint_config.interval": 100,
               **(SMOKE_WIDTH if smoke else {})}
     hooks = [("sync_check", SyncCheck(warmup=2 if smoke else 40))] if sync else []
     sync_result = "not run (no CUDA)" if not sync else "passed: no host synchronisation inside the steps"
@@ -221,6 +221,7 @@ def item_d(device: str, smoke: bool, tmp: Path) -> dict[str, Any]:
         npz, _ = fashion_mnist_npz(tmp / "d.npz", 32)
         values = {"runner.max_epochs": 1, "data.samples_per_gpu": 16, "evaluation.interval": 1,
                   "evaluation.samples_per_gpu": 32, "evaluation.workers_per_gpu": 0, "checkpoint_config.interval": 1,
+                  "data.workers_per_gpu": 0,
                   **SMOKE_WIDTH}
         run = selfsup_run(FMNIST, values, npz, tmp / "d", device)
         knn = (run["eval"] or {}).get("knn_top1")

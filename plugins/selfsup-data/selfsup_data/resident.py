@@ -261,9 +261,9 @@ def decode_all(dataset: Any) -> torch.Tensor:
     arr = getattr(source, "images", None)
     if isinstance(arr, np.ndarray) and arr.dtype == np.uint8 and len(arr) == n:
         if arr.ndim == 3 and c == 1 and arr.shape[1:] == (h, w):
-            return torch.from_numpy(arr).unsqueeze(1).clone()
+            return torch.from_numpy(np.array(arr, copy=True)).unsqueeze(1)
         if arr.ndim == 4 and arr.shape[1:] == (h, w, c):
-            return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+            return torch.from_numpy(np.array(arr, copy=True)).permute(0, 3, 1, 2).contiguous()
     out = torch.empty((n, c, h, w), dtype=torch.uint8)
     to_tensor = ToUint8CHW()
     for i in range(n):

@@ -118,6 +118,10 @@ def test_the_fit_check_refuses_a_forced_resident_set_in_one_line_and_auto_falls_
     loader, _, description = build_data_path(_trainer_stub(tmp_path, "auto"), memory=10**9)
     assert description == "resident on cpu (0.01 MB uint8)" and isinstance(loader, ResidentBatches)
     assert len(loader) == 6
+    stub = _trainer_stub(tmp_path, "auto")
+    stub.settings.workers_per_gpu = 1  # on a CPU a loader worker overlaps augmentation with training
+    loader, _, description = build_data_path(stub, memory=10**9)
+    assert description == "DataLoader, 1 worker (not resident: on a CPU with loader workers; data.resident = true forces it)"
 
 
 def test_auto_workers_share_the_cores_among_local_processes():
