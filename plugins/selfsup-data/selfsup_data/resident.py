@@ -22,6 +22,7 @@ the DataLoader path, so a run resumed mid-epoch sees the batches of the uninterr
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -230,7 +231,8 @@ def plan_resident(dataset: Any) -> ResidentPlan:
     for g, (pipeline, count) in enumerate(zip(pipelines, counts)):
         transforms = list(getattr(pipeline, "transforms", []))
         if getattr(dataset, "augment_on", "cpu") == "device" and device_views is not None:
-            cpu_part, rest = transforms, device_views[first_view]
+            # a copy: the dataset keeps its own on the CPU (loader workers must never get CUDA tensors)
+            cpu_part, rest = transforms, copy.deepcopy(device_views[first_view])
         else:
             try:
                 cpu_part, rest = split_pipeline(transforms)

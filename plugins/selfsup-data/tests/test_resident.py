@@ -16,7 +16,7 @@ from selfsup_core.engine.data import SeededSampler
 from selfsup_core.engine.data_path import auto_workers, build_data_path
 from selfsup_core.engine.trainer import RunInterrupted, Trainer
 from selfsup_core.errors import ConfigError
-from selfsup_data.datasets.views import MultiViewDataset, OneViewDataset
+from selfsup_data.datasets.views import MultiViewDataset
 from selfsup_data.resident import ResidentBatches, crop_boxes, decode_all, plan_resident, resized_crops
 from selfsup_data.sources.arrays import NumpyArrays
 from selfsup_data.transforms import GaussianBlur
