@@ -182,7 +182,8 @@ def item_a(device: str, smoke: bool, tmp: Path, sync: bool) -> dict[str, Any]:
 def item_b(device: str, smoke: bool, tmp: Path, peak: float) -> dict[str, Any]:
     size, batch = (16, 2) if smoke else (224, 256)
     out = tmp / "b.json"
-    args = ["--device", device, "--size", str(size), "--batch", str(batch), "--out", str(out)]
+    args = ["--device", device, "--size", str(size), "--batch", str(batch), "--out", str(out),
+            "--cfg-options", 'data.resident="auto"']  # the images are in memory, as the plain loop's
     args += ["--iters", "2", "--image-size", "20", "--warmup-records", "0", "--log-interval", "1",
              "--workers", "0"] if smoke else []
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_simclr_throughput.py"), *args],

@@ -96,6 +96,18 @@ def test_batches_follow_the_seeded_sampler_and_resume_mid_epoch_exactly(tmp_path
     assert not torch.equal(epoch(4, 0)[0]["idx"], first[0]["idx"])
 
 
+def test_multi_crop_groups_get_their_own_sizes(tmp_path):
+    small = [v2.RandomResizedCrop(6, scale=(0.05, 0.3)), v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    dataset = MultiViewDataset(NumpyArrays(file=str(_npz(tmp_path))), num_views=[2, 3],
+                               pipelines=[_simclr_views(), small])
+    sampler = SeededSampler(48, seed=0)
+    loader = ResidentBatches(plan_resident(dataset), decode_all(dataset), torch.as_tensor(dataset.gt_labels),
+                             sampler, 4, True)
+    views = next(iter(loader))["img"]
+    assert [tuple(v.shape) for v in views] == [(4, 1, 12, 12)] * 2 + [(4, 1, 6, 6)] * 3
+    assert all(0 <= float(v.min()) and float(v.max()) <= 1 for v in views[2:])  # no Normalize in group 1
+
+
 def _trainer_stub(tmp_path: Path, resident, memory_share: float = 0.25) -> SimpleNamespace:
     config = load_config(QUICKSTART)
     settings = SimpleNamespace(resident=resident, resident_memory_share=memory_share, samples_per_gpu=8, seed=0,
