@@ -182,7 +182,43 @@ def render(suite: dict[str, Any], results: Path = RESULTS) -> dict[str, str]:
     ])
     rows, notes = speed_rows(suite, results)
     speed = "\n".join([markdown_table(["Benchmark", "Figure", "Device"], rows), "", "Sources:", "", *notes])
-    return {"accuracy": accuracy, "speed": speed}
+    return {"accuracy": accuracy, "speed": speed, "gpu": gpu_block(results)}
+
+
+GPU_LABELS = {
+    "a_fashion_mnist_simclr_r18": "(a) SimCLR ResNet-18 Fashion-MNIST",
+    "b_simclr_r50_224": "(b) SimCLR ResNet-50 224 px",
+    "c_mae_vit_b16_224": "(c) MAE ViT-B/16 224 px",
+    "d_fashion_mnist_pretrain": "(d) SimCLR ResNet-18 Fashion-MNIST, full pre-training",
+}
+
+
+def gpu_block(results: Path = RESULTS) -> str:
+    """The GPU table from ``gpu.json`` (``python benchmarks/run.py gpu``), or a line saying it
+    has not been measured."""
+    record = _read(results / "gpu.json")
+    if not record or record.get("smoke") or record.get("device") == "cpu":
+        return "not measured yet: needs a GPU (`python benchmarks/run.py gpu`)"
+    rows = []
+    for key, label in GPU_LABELS.items():
+        item = record.get("items", {}).get(key)
+        if item is None:
+            continue
+        if "error" in item:
+            rows.append([label, f"failed: {item['error']}", "", "", ""])
+        elif key == "d_fashion_mnist_pretrain":
+            rows.append([label, f"{_fmt(item.get('train_seconds'), 0)} s training", "", "",
+                         f"kNN {_fmt(item.get('knn_top1'))}, linear {_fmt(item.get('linear_top1'))}"])
+        else:
+            plain = _fmt(item.get("plain"), 0)
+            if item.get("plain_compiled"):
+                plain += f" (compiled {_fmt(item['plain_compiled'], 0)})"
+            mfu = f"MFU {item['mfu'] * 100:.0f}%" if item.get("mfu") is not None else ""
+            if item.get("sync_check"):
+                mfu = (mfu + "; " if mfu else "") + f"sync check {item['sync_check'].split(':')[0]}"
+            rows.append([label, _fmt(item.get("selfsup"), 0), plain, _fmt(item.get("ratio"), 2), mfu])
+    table = markdown_table(["Work", "selfsup samples/s", "plain loop samples/s", "ratio", "notes"], rows)
+    return f"{table}\n\n{record['device']}, torch {record['torch']}: [`benchmarks/results/gpu.json`](benchmarks/results/gpu.json)"
 
 
 def replace_blocks(text: str, blocks: dict[str, str]) -> str:

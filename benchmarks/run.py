@@ -4,6 +4,7 @@ tables generated from their results.
     python benchmarks/run.py accuracy [NAME ...] [--no-linear] [--device DEV] [--gpu] [--dry-run]
     python benchmarks/run.py speed [NAME ...] [--dry-run]
     python benchmarks/run.py table [--check]
+    python benchmarks/run.py gpu [--device cpu --smoke] [--out FILE] [--items a,b,c,d]
     python benchmarks/run.py all [--dry-run]
 
 * ``accuracy``: every ``[accuracy.NAME]`` entry of ``benchmarks/suite.toml`` (or the NAMEs
@@ -18,6 +19,9 @@ tables generated from their results.
   images/s at 224 px); entries with ``needs = "cuda"`` are skipped without a GPU.
 * ``table``: rewrites the README's results tables from the results files
   (``readme_tables.py``); ``--check`` exits 1 when the README is out of date.
+
+* ``gpu``: ``gpu_suite.py`` (selfsup against a hand-written loop, MFU, a full pre-training)
+  writing ``benchmarks/results/gpu.json``; ``--device cpu --smoke --out FILE`` checks it on a CPU.
 
 A failed entry is reported and the suite goes on; the exit status is 1 when any failed.
 The tables are regenerated after ``accuracy``, ``speed`` and ``all``.
@@ -98,7 +102,16 @@ def run_all(commands: list[tuple[str, list[str] | str]], dry_run: bool) -> list[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", choices=("accuracy", "speed", "table", "all"))
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["gpu"]:  # its own options: see gpu_suite.py
+        import gpu_suite
+
+        code = gpu_suite.main(argv[1:])
+        if "--out" not in argv:
+            readme_tables.update_readme()
+        return code
+    parser.add_argument("suite", choices=("accuracy", "speed", "table", "all", "gpu"))
     parser.add_argument("names", nargs="*", help="entries of benchmarks/suite.toml (default: all)")
     parser.add_argument("--no-linear", dest="linear", action="store_false", help="kNN only (saves a minute per entry)")
     parser.add_argument("--device", default=None, help="passed to every pre-training (default: the config's)")

@@ -5,8 +5,9 @@ The names follow MMSelfSup 0.x / MMCV so old configs move over one to one::
     seed = 0                      # top level: seed, deterministic, work_dir
     [runner]        max_epochs, device, precision, channels_last, compile, cudnn_benchmark,
                     find_unused_parameters
-    [data]          samples_per_gpu, workers_per_gpu, drop_last, pin_memory,
-                    persistent_workers, prefetch_factor, replace, train (the dataset table)
+    [data]          samples_per_gpu, workers_per_gpu (or "auto"), drop_last, pin_memory,
+                    persistent_workers, prefetch_factor, replace, resident,
+                    resident_memory_share, train (the dataset table)
     [optimizer]     checked by engine.optim
     [optimizer_config]  grad_clip = {max_norm, norm_type}, accumulate_steps (update_interval)
     [lr_config]     checked by engine.schedules
@@ -54,12 +55,14 @@ class RunSettings:
     cudnn_benchmark: bool = True
     find_unused_parameters: bool = False
     samples_per_gpu: int = 32
-    workers_per_gpu: int = 2
+    workers_per_gpu: int | str = 2
     drop_last: bool = True
     pin_memory: bool | str = "auto"
     persistent_workers: bool = False
     prefetch_factor: int | None = None
     replace: bool = False
+    resident: bool | str = False
+    resident_memory_share: float = 0.25
     grad_clip: dict[str, Any] | None = None
     accumulate_steps: int = 1
     checkpoint_interval: int = 1
@@ -130,9 +133,19 @@ def _grad_clip(value: Any) -> str | None:
 
 
 def _compile(value: Any) -> str | None:
-    if isinstance(value, str) and value not in ("model", "backbone"):
-        return "must be true, false, 'model' or 'backbone'"
+    if isinstance(value, str) and value not in ("model", "backbone", "auto"):
+        return "must be true, false, 'auto' (on for CUDA), 'model' or 'backbone'"
     return None
+
+
+def _workers(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None if value == "auto" else f"must be an integer >= 0 or 'auto', got {value!r}"
+    return non_negative(value)
+
+
+def _share(value: Any) -> str | None:
+    return None if 0 < value <= 1 else f"must be a share of the device memory in (0, 1], got {value!r}"
 
 
 INT = (int,)
@@ -152,12 +165,14 @@ _SCHEMA: dict[tuple[str, str], KeySpec] = {
     ("runner", "cudnn_benchmark"): ("cudnn_benchmark", BOOL, None),
     ("runner", "find_unused_parameters"): ("find_unused_parameters", BOOL, None),
     ("data", "samples_per_gpu"): ("samples_per_gpu", INT, positive),
-    ("data", "workers_per_gpu"): ("workers_per_gpu", INT, non_negative),
+    ("data", "workers_per_gpu"): ("workers_per_gpu", (int, str), _workers),
     ("data", "drop_last"): ("drop_last", BOOL, None),
     ("data", "pin_memory"): ("pin_memory", (bool, str), _one_of(("auto",))),
     ("data", "persistent_workers"): ("persistent_workers", BOOL, None),
     ("data", "prefetch_factor"): ("prefetch_factor", INT, positive),
     ("data", "replace"): ("replace", BOOL, None),
+    ("data", "resident"): ("resident", (bool, str), _bool_or_auto),
+    ("data", "resident_memory_share"): ("resident_memory_share", (float, int), _share),
     ("optimizer_config", "grad_clip"): ("grad_clip", (dict, type(None)), _grad_clip),
     ("optimizer_config", "accumulate_steps"): ("accumulate_steps", INT, positive),
     ("optimizer_config", "update_interval"): ("accumulate_steps", INT, positive),

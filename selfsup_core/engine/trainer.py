@@ -29,7 +29,7 @@ from ..config import Config
 from ..errors import ConfigError, SelfSupError, describe_exception
 from . import checkpoint as ckpt
 from . import dist
-from .data import (batch_size_of, build_loader, device_transform_of, images_to_channels_last, shut_down_workers,
+from .data import (batch_size_of, device_transform_of, images_to_channels_last, shut_down_workers,
                    to_device)
 from .logger import RunLogger
 from .runtime import (
@@ -230,21 +230,9 @@ class Trainer:
                                          config=self.config, path=("optimizer",))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
 
-        workers = settings.workers_per_gpu
-        pin = self.device.type == "cuda" if settings.pin_memory == "auto" else bool(settings.pin_memory)
-        self.data_loader, self.sampler = build_loader(
-            self.dataset,
-            batch_size=settings.samples_per_gpu,
-            num_workers=workers,
-            seed=settings.seed,
-            rank=self.rank,
-            world_size=self.world_size,
-            drop_last=settings.drop_last,
-            pin_memory=pin,
-            persistent_workers=settings.persistent_workers,
-            prefetch_factor=settings.prefetch_factor,
-            replace=settings.replace,
-        )
+        from .data_path import build_data_path  # resident on the device, or a DataLoader
+
+        self.data_loader, self.sampler, self.data_path = build_data_path(self)
         self.iters_per_epoch = len(self.data_loader)
         if self.iters_per_epoch == 0:
             raise ConfigError(self.config.problem(
@@ -257,9 +245,12 @@ class Trainer:
         from .schedules import warmup_warning
 
         self._warmup_warning = warmup_warning(self.lr_schedule, self.max_epochs * self.iters_per_epoch)
-        self.device_transform = device_transform_of(self.dataset, self.device)
+        self.device_transform = (None if self.data_path.startswith("resident")  # batches come augmented
+                                 else device_transform_of(self.dataset, self.device))
 
         compile_mode = settings.compile
+        if compile_mode == "auto":  # torch.compile pays off on CUDA; on a CPU its warm-up rarely does
+            compile_mode = self.device.type == "cuda"
         if compile_mode:
             target = getattr(model, "backbone", None) if compile_mode in (True, "backbone") else None
             (target if isinstance(target, nn.Module) else model).compile()
@@ -287,6 +278,7 @@ class Trainer:
                 f"{f' x {self.world_size} processes' if self.world_size > 1 else ''}, "
                 f"precision {str(self.autocast_dtype).replace('torch.', '') if self.autocast_dtype else 'fp32'}, "
                 f"{len(self.dataset)} samples, {self.iters_per_epoch} iterations/epoch, work dir {self.work_dir}")
+            self.logger.message(f"data: {self.data_path}")
             if self._warmup_warning:
                 self.logger.message(self._warmup_warning)
 
