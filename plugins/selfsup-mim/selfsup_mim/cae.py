@@ -66,15 +66,23 @@ class CAEViT(VisionTransformer):
     """
 
     def __init__(self, arch: Union[str, Mapping[str, int]] = "base", img_size: Union[int, Sequence[int]] = 224,
-                 patch_size: int = 16, in_channels: int = 3, init_values: Union[float, None] = None,
-                 pos_embed_type: str = "sincos", **kwargs: Any) -> None:
-        kwargs.setdefault("with_cls_token", True)
+                 patch_size: int = 16, in_channels: int = 3, out_indices: Union[int, Sequence[int]] = -1,
+                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 qkv_bias: bool = True, norm_cfg: Union[Mapping[str, Any], None] = None, final_norm: bool = True,
+                 output_cls_token: bool = True, interpolate_mode: str = "bicubic",
+                 init_values: Union[float, None] = None, pos_embed_type: str = "sincos", frozen_stages: int = -1,
+                 init_cfg: InitCfg = None) -> None:
         super().__init__(arch=arch, img_size=img_size, patch_size=patch_size, in_channels=in_channels,
-                         pos_embed_type=pos_embed_type, **kwargs)
+                         out_indices=out_indices, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                         drop_path_rate=drop_path_rate, qkv_bias=qkv_bias, norm_cfg=norm_cfg or {"type": "LN", "eps": 1e-6},
+                         final_norm=final_norm, with_cls_token=True, output_cls_token=output_cls_token,
+                         interpolate_mode=interpolate_mode,
+                         pos_embed_type=pos_embed_type, frozen_stages=frozen_stages, init_cfg=init_cfg)
         self.init_values = init_values
         if init_values:
             for block in self.blocks:
                 add_layer_scale(block, self.embed_dims, init_values)
+            self._freeze_stages()  # the new gammas of frozen blocks too
 
     def forward_visible(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Images ``(N, C, H, W)``, ``mask (N, L)`` bool with the same count per sample

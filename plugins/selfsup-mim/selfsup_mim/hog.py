@@ -55,6 +55,7 @@ class HOGGenerator(nn.Module):
         self.gaussian_window = int(gaussian_window)
         sobel = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
         wx = sobel.view(1, 1, 3, 3).repeat(in_channels, 1, 1, 1)
+        # the kernels, for reference (forward computes the same sums as differences)
         self.register_buffer("weight_x", wx, persistent=False)
         self.register_buffer("weight_y", wx.transpose(2, 3).contiguous(), persistent=False)
         if gaussian_window:
@@ -75,8 +76,13 @@ class HOGGenerator(nn.Module):
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"HOGGenerator: image {h}x{w} is not divisible by patch_size {self.patch_size}")
         x = F.pad(img.float(), (1, 1, 1, 1), mode="reflect")
-        gx = F.conv2d(x, self.weight_x, groups=c)
-        gy = F.conv2d(x, self.weight_y, groups=c)
+        # Sobel as explicit differences (the same as a grouped conv with weight_x / weight_y,
+        # but a mirrored border gives an exact 0, so its orientation bin does not depend on
+        # rounding): gx = sum_r (1, 2, 1)_r (left - right), gy = sum_c (1, 2, 1)_c (top - bottom).
+        dx = x[..., :, :-2] - x[..., :, 2:]
+        gx = dx[..., :-2, :] + 2.0 * dx[..., 1:-1, :] + dx[..., 2:, :]
+        dy = x[..., :-2, :] - x[..., 2:, :]
+        gy = dy[..., :-2] + 2.0 * dy[..., 1:-1] + dy[..., 2:]
         magnitude = torch.sqrt(gx ** 2 + gy ** 2)
         phase = torch.atan2(gx, gy) / math.pi * self.nbins
         if self.gkern is not None:

@@ -69,11 +69,18 @@ class MaskFeatViT(VisionTransformer):
     """
 
     def __init__(self, arch: Union[str, Mapping[str, int]] = "base", img_size: Union[int, Sequence[int]] = 224,
-                 patch_size: int = 16, in_channels: int = 3, **kwargs: Any) -> None:
-        kwargs.pop("use_mask_token", None)
-        kwargs.setdefault("with_cls_token", True)
+                 patch_size: int = 16, in_channels: int = 3, out_indices: Union[int, Sequence[int]] = -1,
+                 drop_rate: float = 0.0, attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 qkv_bias: bool = True, norm_cfg: Union[Mapping[str, Any], None] = None, final_norm: bool = True,
+                 output_cls_token: bool = True, interpolate_mode: str = "bicubic",
+                 pos_embed_type: str = "learnable", frozen_stages: int = -1, init_cfg: InitCfg = None) -> None:
         super().__init__(arch=arch, img_size=img_size, patch_size=patch_size, in_channels=in_channels,
-                         use_mask_token=True, **kwargs)
+                         out_indices=out_indices, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+                         drop_path_rate=drop_path_rate, qkv_bias=qkv_bias, norm_cfg=norm_cfg or {"type": "LN", "eps": 1e-6},
+                         final_norm=final_norm, with_cls_token=True, output_cls_token=output_cls_token,
+                         interpolate_mode=interpolate_mode,
+                         pos_embed_type=pos_embed_type, frozen_stages=frozen_stages, use_mask_token=True,
+                         init_cfg=init_cfg)
 
     def forward_mask(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Images ``(N, C, H, W)`` and mask ``(N, Hp, Wp)`` (1 = replaced by the mask token) ->
