@@ -163,7 +163,7 @@ def test_two_iterations_of_the_fashion_config_through_selfsup_run(tmp_path):
         replace={"data.train.data_source": source, "evaluation.train.data_source": source,
                  "evaluation.test.data_source": source},
         values={"runner.max_epochs": 1, "data.samples_per_gpu": 16, "data.workers_per_gpu": 0,
-                "log_config.interval": 1, "evaluation.workers_per_gpu": 0,
+                "log_config.interval": 1, "evaluation.workers_per_gpu": 0, "evaluation.interval": 0,
                 "model.backbone.arch": TINY_ARCH, "model.head.embed_dim": 16,
                 "lr_config.warmup_iters": 1, "lr_config.warmup_by_epoch": False},
     )
