@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from selfsup_core.cli import main
-from selfsup_core.testing import derive_config, read_metrics, run_selfsup
+from selfsup_core.testing import derive_config, read_metrics
 from selfsup_mim.hog import HOGGenerator
 from selfsup_mim.maskfeat import MaskFeat, MaskFeatMaskGenerator, MaskFeatPretrainHead, MaskFeatViT
 
@@ -153,7 +153,8 @@ def test_a_hog_cell_that_does_not_divide_the_patch_is_one_line(tmp_path, capsys)
 
 
 # ----------------------------------------------------------------------------- end to end
-def test_two_iterations_of_the_fashion_config_through_selfsup_run(tmp_path):
+def test_two_iterations_of_the_fashion_config_through_the_cli(tmp_path, capsys):
+    """In this process (``selfsup_core.cli.main``); CAE's test runs the real ``selfsup-run``."""
     from selfsup_data.testing import fashion_mnist_npz
 
     data, _ = fashion_mnist_npz(tmp_path / "fm.npz", 32)
@@ -168,8 +169,8 @@ def test_two_iterations_of_the_fashion_config_through_selfsup_run(tmp_path):
                 "lr_config.warmup_iters": 1, "lr_config.warmup_by_epoch": False},
     )
     wd = tmp_path / "work"
-    proc = run_selfsup(cfg, "--work-dir", wd, "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code = main([str(cfg), "--work-dir", str(wd), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err[-3000:]
     assert (wd / "latest.pth").exists()
     losses = [r["loss"] for r in read_metrics(wd, "train")]
     assert len(losses) == 2 and all(math.isfinite(x) and x > 0 for x in losses)
