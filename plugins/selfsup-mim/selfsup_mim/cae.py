@@ -188,15 +188,16 @@ class CAENeck(BaseModule):
         norm_cfg = norm_cfg or LN
         self.patch_size, self.num_classes, self.embed_dims = int(patch_size), int(num_classes), int(embed_dims)
         hidden = int(embed_dims * mlp_ratio)
-        rates = torch.linspace(0, drop_path_rate, regressor_depth + decoder_depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, regressor_depth).tolist()  # each stack rises to the rate
         self.regressors = nn.ModuleList(
             CrossAttentionLayer(embed_dims, num_heads, hidden, qkv_bias, drop_rate, attn_drop_rate, rates[i],
                                 norm_cfg, init_values) for i in range(regressor_depth))
+        rates = torch.linspace(0, drop_path_rate, decoder_depth).tolist()
         self.decoders = nn.ModuleList()
         for i in range(decoder_depth):
             block = TransformerEncoderLayer(embed_dims, num_heads, hidden, qkv_bias=qkv_bias, drop_rate=drop_rate,
                                             attn_drop_rate=attn_drop_rate,
-                                            drop_path_rate=rates[regressor_depth + i], norm_cfg=norm_cfg)
+                                            drop_path_rate=rates[i], norm_cfg=norm_cfg)
             if init_values:
                 add_layer_scale(block, embed_dims, init_values)
             self.decoders.append(block)
@@ -204,15 +205,21 @@ class CAENeck(BaseModule):
         self.norm_decoder = build_norm_layer(norm_cfg, embed_dims, dim=1)
         self.head = nn.Linear(embed_dims, num_classes)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dims))
+        # MMSelfSup 0.x's init: xavier-uniform linears with zero bias, LayerNorms (1, 0),
+        # trunc-normal(0.02) mask token and classifier
         self.apply(self._init_linear)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+        nn.init.trunc_normal_(self.head.weight, std=0.02)
 
     @staticmethod
     def _init_linear(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
+            nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
     def forward(self, x_unmasked: torch.Tensor, pos_masked: torch.Tensor,
                 pos_unmasked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
