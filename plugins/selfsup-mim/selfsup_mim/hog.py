@@ -53,11 +53,6 @@ class HOGGenerator(nn.Module):
         self.nbins, self.pool, self.patch_size = int(nbins), int(pool), int(patch_size)
         self.in_channels = int(in_channels)
         self.gaussian_window = int(gaussian_window)
-        sobel = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
-        wx = sobel.view(1, 1, 3, 3).repeat(in_channels, 1, 1, 1)
-        # the kernels, for reference (forward computes the same sums as differences)
-        self.register_buffer("weight_x", wx, persistent=False)
-        self.register_buffer("weight_y", wx.transpose(2, 3).contiguous(), persistent=False)
         if gaussian_window:
             self.register_buffer("gkern", _gkern(gaussian_window), persistent=False)
         else:
@@ -76,9 +71,9 @@ class HOGGenerator(nn.Module):
         if h % self.patch_size or w % self.patch_size:
             raise ValueError(f"HOGGenerator: image {h}x{w} is not divisible by patch_size {self.patch_size}")
         x = F.pad(img.float(), (1, 1, 1, 1), mode="reflect")
-        # Sobel as explicit differences (the same as a grouped conv with weight_x / weight_y,
-        # but a mirrored border gives an exact 0, so its orientation bin does not depend on
-        # rounding): gx = sum_r (1, 2, 1)_r (left - right), gy = sum_c (1, 2, 1)_c (top - bottom).
+        # Sobel as explicit differences (the same sums as 0.x's grouped conv with
+        # [[1, 0, -1], [2, 0, -2], [1, 0, -1]] and its transpose, but a mirrored border gives an
+        # exact 0, so its orientation bin does not depend on rounding): gx = sum_r (1, 2, 1)_r (left - right), gy = sum_c (1, 2, 1)_c (top - bottom).
         dx = x[..., :, :-2] - x[..., :, 2:]
         gx = dx[..., :-2, :] + 2.0 * dx[..., 1:-1, :] + dx[..., 2:, :]
         dy = x[..., :-2, :] - x[..., 2:, :]

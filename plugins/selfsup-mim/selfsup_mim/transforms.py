@@ -6,8 +6,7 @@ from typing import Any, Union
 
 import torch
 from torch import nn
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
 __all__ = ["RandomResizedCropAndInterpolationWithTwoPic"]
@@ -59,8 +58,7 @@ class RandomResizedCropAndInterpolationWithTwoPic(nn.Module):
         return TF.resized_crop(img, *box, size=size, interpolation=mode, antialias=True)
 
     def forward(self, img: Any) -> Any:
-        box = v2.RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio)) if hasattr(
-            v2.RandomResizedCrop, "get_params") else _params(img, self.scale, self.ratio)
+        box = RandomResizedCrop.get_params(img, list(self.scale), list(self.ratio))
         first = self._resize(img, box, self.size, self.interpolation)
         if self.second_size is None:
             return first
@@ -72,8 +70,3 @@ class RandomResizedCropAndInterpolationWithTwoPic(nn.Module):
         return (f"size={self.size}, second_size={self.second_size}, scale={self.scale}, ratio={self.ratio}, "
                 f"interpolation={self.interpolation.value}, second_interpolation={self.second_interpolation.value}")
 
-
-def _params(img: Any, scale: Sequence[float], ratio: Sequence[float]) -> tuple[int, int, int, int]:
-    from torchvision.transforms import RandomResizedCrop
-
-    return RandomResizedCrop.get_params(img, list(scale), list(ratio))
