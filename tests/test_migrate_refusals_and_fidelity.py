@@ -264,9 +264,9 @@ def test_deepcluster_check_still_validates_the_extractor_dataset(tmp_path):
     ("model = dict(type='EncoderDecoder', backbone=dict(type='ResNetV1c', depth=50))\n",
      "cls.py: model.type: 'EncoderDecoder' is a detection / segmentation benchmark's model (run by MMDetection / "
      "MMSegmentation, not by selfsup); export the pre-trained backbone with 'selfsup-run export'"),
-    ("model = dict(type='MaskFeat', backbone=dict(type='MaskFeatViT', arch='b'))\n",
-     "cls.py: model.type: 'MaskFeat': the MaskFeat algorithm is not implemented in selfsup yet (no installed plugin "
-     "provides an algorithm 'MaskFeat'; 'selfsup-run list algorithms' shows what is installed)"),
+    ("model = dict(type='BEiT', backbone=dict(type='BEiTViT', arch='b'))\n",
+     "cls.py: model.type: 'BEiT': the BEiT algorithm is not implemented in selfsup yet (no installed plugin "
+     "provides an algorithm 'BEiT'; 'selfsup-run list algorithms' shows what is installed)"),
     ("model = dict(type='ORL', backbone=dict(type='ResNet', depth=50))\n",
      "cls.py: model.type: 'ORL': the ORL algorithm is not implemented in selfsup yet (no "
      "installed plugin provides an algorithm 'ORL'; 'selfsup-run list algorithms' shows what is "

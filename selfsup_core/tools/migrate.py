@@ -851,7 +851,7 @@ def clean(value: Any, path: tuple[Any, ...], migration: Migration) -> Any:
 
 #: Self-supervised algorithms of MMSelfSup 0.x / OpenSelfSup that selfsup does not ship (yet):
 #: refused as "not implemented" unless an installed plugin provides one of that name.
-NOT_IMPLEMENTED = ("CAE", "MaskFeat", "BEiT", "MixMIM", "MILAN", "EVA", "DINO", "ORL",
+NOT_IMPLEMENTED = ("BEiT", "MixMIM", "MILAN", "EVA", "DINO", "ORL",
                    "SparK", "PixMIM")
 #: Model types of the benchmark configs (classification, detection, segmentation).
 CLASSIFIERS = ("Classification", "ImageClassifier", "MMClsImageClassifierWrapper", "LinearClassifier")

@@ -1,8 +1,10 @@
 """selfsup-mim: masked image modelling for selfsup.
 
 ``MAE`` (masked autoencoder: ``MAEViT`` encoder on the visible patches, ``MAEPretrainDecoder``,
-``MAEPretrainHead``) and ``SimMIM`` (mask-token backbone, ``SimMIMNeck``, ``SimMIMHead``),
-plus :mod:`selfsup_mim.visualize` (a PNG of original / masked / reconstructed images).
+``MAEPretrainHead``), ``SimMIM`` (mask-token backbone, ``SimMIMNeck``, ``SimMIMHead``),
+``MaskFeat`` (:mod:`selfsup_mim.maskfeat`, HOG targets in :mod:`selfsup_mim.hog`) and ``CAE``
+(:mod:`selfsup_mim.cae`, DALL-E tokenizer in :mod:`selfsup_mim.dalle`, two-size crop in
+:mod:`selfsup_mim.transforms`), plus :mod:`selfsup_mim.visualize` (a PNG of original / masked / reconstructed images).
 Importing this package does not import torch.
 """
 from __future__ import annotations

@@ -11,7 +11,12 @@ OURS = components_of("selfsup-mim", own_modules="selfsup_mim")
 
 def test_the_distribution_registers_its_components():
     assert set(OURS) == {("algorithms", "MAE"), ("algorithms", "SimMIM"), ("necks", "MAEPretrainDecoder"),
-                         ("necks", "SimMIMNeck"), ("heads", "MAEPretrainHead"), ("heads", "SimMIMHead")}
+                         ("necks", "SimMIMNeck"), ("heads", "MAEPretrainHead"), ("heads", "SimMIMHead"),
+                         ("algorithms", "MaskFeat"), ("algorithms", "CAE"), ("backbones", "MaskFeatViT"),
+                         ("backbones", "CAEViT"), ("backbones", "DALLEEncoder"), ("necks", "CAENeck"),
+                         ("heads", "MaskFeatPretrainHead"), ("heads", "CAEHead"),
+                         ("transforms", "MaskFeatMaskGenerator"),
+                         ("transforms", "RandomResizedCropAndInterpolationWithTwoPic")}
 
 
 @pytest.mark.parametrize(("kind", "name"), OURS)
