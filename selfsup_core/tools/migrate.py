@@ -66,7 +66,7 @@ last one included) and ``with_last_bn``. An MMSelfSup 1.x (MMEngine) config
 Refused with one line (exit 2, nothing written): a config whose ``model.type`` no installed
 algorithm provides (benchmarks' ``Classification``/``ImageClassifier``: use ``selfsup-run
 eval``; ``MaskRCNN``/``EncoderDecoder``: detection and segmentation run elsewhere; methods not
-implemented yet, e.g. CAE, MaskFeat, unless a plugin provides one of that name), a
+implemented yet, e.g. BEiT, MixMIM, unless a plugin provides one of that name), a
 config without ``model``, a ``type`` that is an import path (``os:system``, ``pkg.mod.Class``;
 a qualified ``dist:Name`` of an installed component is kept) and a YAML file (detectron2's
 benchmark configs). ``--check`` (of any config) lists the data paths the run will read; it opens none of them.
