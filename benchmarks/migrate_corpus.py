@@ -29,7 +29,7 @@ from typing import Any
 from selfsup_core.cli import main as cli_main
 from selfsup_core.config import display_path
 from selfsup_core.fileio import atomic_write_text
-from selfsup_core.tools.static_eval import evaluate_bases, parse_file
+from selfsup_migrate.static_eval import evaluate_bases, parse_file
 
 OUT = Path(__file__).parent / "results" / "migrate_corpus.json"
 

@@ -23,13 +23,13 @@ from . import plugins as _plugins
 from . import registry as _registry
 from .errors import SelfSupError, describe_exception, unwrap_worker_message
 
-COMMANDS = ("train", "eval", "tsne", "list", "show-config", "export", "import-weights", "migrate", "plot-log",
+#: The core's own commands; installed plugins add theirs through ``selfsup_register_commands``.
+COMMANDS = ("train", "eval", "tsne", "list", "show-config", "export", "import-weights", "plot-log",
             "count-params", "show", "export-hub")
 # Tool commands: each is ``selfsup_core.tools.<module>.run(args) -> int``, imported when used.
 TOOLS = {
     "export": "export",
     "import-weights": "export",
-    "migrate": "migrate",
     "plot-log": "plot_log",
     "count-params": "count_params",
     "show": "describe",
@@ -51,13 +51,12 @@ selfsup: self-supervised pre-training of vision backbones, composed from TOML co
   selfsup-run export CKPT OUT [--format pth|safetensors] [--to raw|torchvision|timm] [--prefix P]
   selfsup-run export-hub CKPT|WORK_DIR OUT_DIR [--input-size S] [--force]   (torch.export, safetensors, model card)
   selfsup-run import-weights WEIGHTS OUT [--from auto|torchvision|timm|mmcls] [--format pth|safetensors]
-  selfsup-run migrate OLD_CONFIG.py [-o NEW.toml] [--check]
   selfsup-run plot-log WORK_DIR [-o OUT.png]
   selfsup-run count-params CONFIG [--cfg-options KEY=VALUE ...] [--depth N] [--json]
 """
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="CONFIG", help="a TOML config file")
     parser.add_argument(
         "--cfg-options",
@@ -69,10 +68,10 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="override config keys, e.g. model.backbone.depth=18 optimizer.lr=0.3 (values are TOML)",
     )
-    _add_import_path_argument(parser)
+    add_import_path_argument(parser)
 
 
-def _add_import_path_argument(parser: argparse.ArgumentParser) -> None:
+def add_import_path_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow-import-paths",
         action="store_true",
@@ -90,7 +89,7 @@ def make_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = commands.add_parser("train", help="train from CONFIG (the default command: 'selfsup-run CONFIG')")
-    _add_config_arguments(train)
+    add_config_arguments(train)
     train.add_argument("--work-dir", metavar="DIR", help="where checkpoints and logs go")
     train.add_argument(
         "--resume",
@@ -117,7 +116,7 @@ def make_parser() -> argparse.ArgumentParser:
     for name, text in (("eval", "evaluate a checkpoint's features with the [evaluation] table's evaluators"),
                        ("tsne", "plot a t-SNE map of a checkpoint's test features (PNG)")):
         evaluate = commands.add_parser(name, help=text)
-        _add_config_arguments(evaluate)
+        add_config_arguments(evaluate)
         evaluate.add_argument("--checkpoint", metavar="CKPT",
                               help="a training checkpoint (default: none, the model as its init_cfg builds it)")
         if name == "eval":
@@ -139,8 +138,12 @@ def make_parser() -> argparse.ArgumentParser:
     listing.add_argument("--args", metavar="NAME", help="show component NAME's arguments instead (as 'show NAME')")
 
     show = commands.add_parser("show-config", help="print the fully resolved config as TOML")
-    _add_config_arguments(show)
+    add_config_arguments(show)
     _add_tool_parsers(commands)
+    # commands of installed plugins (selfsup-migrate's ``migrate``, ...): each sets
+    # ``selfsup_run`` on its parser, the function that runs it
+    _plugins.get_plugin_manager().hook.selfsup_register_commands(commands=commands)
+    parser.set_defaults(command_names=tuple(commands.choices))
     return parser
 
 
@@ -176,21 +179,12 @@ def _add_tool_parsers(commands: Any) -> None:
     imported.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     imported.add_argument("--json", action="store_true", help="print the report as JSON")
 
-    migrate = commands.add_parser(
-        "migrate", help="convert an MMSelfSup 0.x / OpenSelfSup Python config to TOML (parsed, never executed)"
-    )
-    migrate.add_argument("old_config", metavar="OLD_CONFIG", help="the Python config (.py)")
-    migrate.add_argument("-o", "--out", metavar="NEW", help="the TOML to write (default: print it)")
-    migrate.add_argument("--force", action="store_true", help="overwrite NEW if it exists")
-    migrate.add_argument("--check", action="store_true", help="then validate and build the converted config")
-    _add_import_path_argument(migrate)
-
     plot = commands.add_parser("plot-log", help="plot loss, lr and kNN accuracy curves of a run's metrics log (PNG)")
     plot.add_argument("work_dir", metavar="WORK_DIR", help="a run's work dir (or its metrics.jsonl)")
     plot.add_argument("-o", "--out", metavar="OUT", help="the PNG (default: WORK_DIR/curves.png)")
 
     count = commands.add_parser("count-params", help="count the parameters of CONFIG's model, per component")
-    _add_config_arguments(count)
+    add_config_arguments(count)
     count.add_argument("--depth", type=int, default=1, metavar="N", help="module-tree depth of the table (default 1)")
     count.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -212,16 +206,16 @@ def _add_tool_parsers(commands: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     first = next((a for a in args_list if a != "--debug"), None)
-    if first is not None and not first.startswith("-") and first not in COMMANDS:
-        args_list.insert(args_list.index(first), "train")
     parser = make_parser()
+    if first is not None and not first.startswith("-") and first not in parser.get_default("command_names"):
+        args_list.insert(args_list.index(first), "train")
     args = parser.parse_args(args_list)
     debug = args.debug or os.environ.get("SELFSUP_DEBUG", "") not in ("", "0")
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
     handlers = {"train": _train, "eval": _eval, "tsne": _eval, "list": _list, "show-config": _show_config}
-    handler = handlers.get(args.command, _tool)
+    handler = handlers.get(args.command) or getattr(args, "selfsup_run", None) or _tool
     from .import_paths import allowing
 
     try:

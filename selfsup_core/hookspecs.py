@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pluggy
 
 if TYPE_CHECKING:
+    import argparse
     from pathlib import Path
 
     import torch
@@ -88,6 +89,21 @@ def selfsup_register_components(register: Register) -> None:
     in ``selfsup.plugins``. The components are attributed to the plugin's distribution and
     take part in duplicate detection exactly like entry-point components. For a fixed set of
     names, prefer plain entry points: they are listed without importing the plugin.
+    """
+
+
+@hookspec
+def selfsup_register_commands(commands: argparse._SubParsersAction) -> None:
+    """Add sub-commands to ``selfsup-run`` (they appear in ``selfsup-run --help``).
+
+    Receives argparse's sub-parser collection; add a command with
+    ``parser = commands.add_parser(name, help=...)``, declare its arguments, and set the
+    function that runs it: ``parser.set_defaults(selfsup_run=run)`` where
+    ``run(args: argparse.Namespace) -> int`` returns the exit status and raises
+    :class:`~selfsup_core.errors.SelfSupError` for a user error (printed as one line, exit 2).
+    Called every time the command line is parsed, ``--help`` included: import nothing heavy
+    here, import the implementation inside ``run``. ``selfsup_core.api.add_config_arguments``
+    adds the usual ``CONFIG --cfg-options ... --allow-import-paths`` arguments.
     """
 
 

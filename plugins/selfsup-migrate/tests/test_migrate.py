@@ -15,8 +15,8 @@ import pytest
 from selfsup_core._compat import tomllib
 from selfsup_core.cli import main
 from selfsup_core.errors import ConfigError
-from selfsup_core.tools.migrate import paramwise_differences
-from selfsup_core.tools.static_eval import load_python_config
+from selfsup_migrate.migrate import paramwise_differences
+from selfsup_migrate.static_eval import load_python_config
 
 NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 TO_TENSOR = [{"type": "ToImage"}, {"type": "ToDtype", "dtype": "float32", "scale": True}]
@@ -773,7 +773,7 @@ def test_out_file_is_not_overwritten_without_force(tmp_path, capsys):
 
 
 def test_the_module_does_not_import_torch():
-    code = ("import sys, selfsup_core.tools.migrate, selfsup_core.tools.static_eval\n"
+    code = ("import sys, selfsup_migrate.migrate, selfsup_migrate.static_eval\n"
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False", result.stderr

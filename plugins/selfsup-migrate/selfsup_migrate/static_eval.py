@@ -47,8 +47,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import DELETE_KEY, display_path, read_config_text, strip_delete
-from ..errors import ConfigError, Problem
+from selfsup_core.api import DELETE_KEY, ConfigError, Problem, display_path, read_config_text, strip_delete
 
 BASE_KEY = "_base_"
 #: ``{{ _base_.a.b }}``, optionally as the whole content of a quoted string.

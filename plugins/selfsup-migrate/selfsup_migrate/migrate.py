@@ -7,7 +7,7 @@ Migrating MMSelfSup / OpenSelfSup configs
 
     selfsup-run migrate configs/selfsup/mocov2/mocov2_resnet50_8xb32-coslr-200e_in1k.py -o mocov2.toml --check
 
-The Python file is *parsed*, never run (see :mod:`selfsup_core.tools.static_eval`): literals,
+The Python file is *parsed*, never run (see :mod:`selfsup_migrate.static_eval`): literals,
 ``dict(...)``, list operations (``.extend``, ``.append``, ``+``), ``copy.deepcopy``, ``if`` on
 known values, names defined earlier, ``_base_`` chains and ``{{_base_.x}}`` references are
 evaluated; anything else (``os.system(...)``, unknown functions, loops, lambdas, used
@@ -89,12 +89,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..config import display_path, dump_toml
-from ..engine.lr_policies import COMMON_KEYS as LR_COMMON_KEYS
-from ..engine.lr_policies import POLICIES as LR_POLICIES
-from ..engine.lr_policies import POLICY_KEYS as LR_POLICY_KEYS
-from ..errors import ConfigError
-from ..fileio import atomic_write_text
+from selfsup_core.api import (
+    LR_COMMON_KEYS, LR_POLICIES, LR_POLICY_KEYS, ConfigError, atomic_write_text, display_path, dump_toml,
+)
+
 from .static_eval import load_python_config
 
 OPENSELFSUP = "OpenSelfSup"
@@ -797,7 +795,7 @@ _ABSENT: Any = object()
 
 def key_kind(key: Any) -> str | None:
     """The component kind a typed table under ``key`` has (build's rule, plus old keys)."""
-    from ..build import kind_for_key
+    from selfsup_core.api import kind_for_key
 
     if key in EXTRA_KEY_KINDS:
         return EXTRA_KEY_KINDS[key]
@@ -885,7 +883,7 @@ def installed_components() -> Callable[[str | None, str], bool]:
     ``dist:Name`` counts when the installed distribution ``dist`` provides ``Name``; an import
     path (``os:system``, ``pkg.mod.Class``) never does.
     """
-    from .. import registry as _registry
+    from selfsup_core.api import registry as _registry
 
     registries = _registry.current()
 
@@ -974,8 +972,7 @@ def paramwise_differences(names: Iterable[str], table: Mapping[str, Mapping[str,
 def warn_paramwise(path: Path) -> None:
     """After a successful check: build the model of ``path`` and print a warning per
     parameter whose ``optimizer.paramwise_options`` differ under our first-match rule."""
-    from ..build import build_model
-    from ..config import load_config
+    from selfsup_core.api import build_model, load_config
 
     config = load_config(path)
     table = config.data.get("optimizer", {}).get("paramwise_options")
@@ -992,7 +989,7 @@ def warn_paramwise(path: Path) -> None:
 
 def check(path: Path, to_stderr: bool) -> int:
     """Run ``selfsup-run PATH --check`` in this process; returns its exit status."""
-    from ..cli import main as cli_main
+    from selfsup_core.api import cli_main
 
     target = sys.stderr if to_stderr else sys.stdout
     with contextlib.redirect_stdout(target):
