@@ -301,10 +301,11 @@ def test_bulk_registration_hook(selfsup_site) -> None:
 
 
 def test_config_check_calls_process_config_hook(installed, selfsup_hook_recorder) -> None:
-    """``selfsup_hook_recorder``: the hooks the CLI calls while checking the config."""
+    """``selfsup_hook_recorder``: the hooks the CLI calls while checking the config (the
+    command line is parsed first, with the commands plugins add)."""
     assert cli.main([str(CONFIG), "--check"]) == 0
-    assert selfsup_hook_recorder.names() == ["selfsup_process_config"]
-    assert selfsup_hook_recorder.calls[0].kwargs["config"].data["model"]["backbone"]["type"] == "TinyConvNet"
+    assert selfsup_hook_recorder.names() == ["selfsup_register_commands", "selfsup_process_config"]
+    assert selfsup_hook_recorder.calls[1].kwargs["config"].data["model"]["backbone"]["type"] == "TinyConvNet"
 
 
 # -- (6) the selfsup-run command line -----------------------------------------------------------
