@@ -137,7 +137,7 @@ class Builder:
         if isinstance(key, str) and key.endswith(RAW_SUFFIX):
             return value
         kind = strict_kind_for_key(key, owner) if owner is not None else None
-        if kind is not None and component_value_problem(key, value, kind):
+        if kind is not None and component_value_problem(key, value, kind) and not _declared_plain(owner, key, value):
             self._problem((*path, key), str(component_value_problem(key, value, kind)))
             return value
         planned = self.plan(value, kind_for_key(key, owner), (*path, key))
@@ -221,12 +221,14 @@ class Builder:
             if name not in args:
                 self._problem(path, f"missing required argument {name!r} of {label}")
         for key, value in args.items():
-            problem = range_problem(key, value) if isinstance(key, str) else None
+            # a component declares arguments where 0 has a meaning (SwAVNeck: 0 = no such layer)
+            zero_ok = getattr(factory, "__selfsup_zero_ok__", ())
+            problem = range_problem(key, value) if isinstance(key, str) and not (key in zero_ok and value == 0) else None
             if problem:
                 self._problem((*path, key), problem)
         hints = annotations(factory)
         for key, value in args.items():
-            if key in hints and not (isinstance(value, dict) and "type" in value):
+            if key in hints and not (isinstance(value, dict) and ("type" in value or strict_kind_for_key(key, factory))):
                 if type_matches(value, hints[key]) is False:
                     self._problem((*path, key), f"{label} expects {type_text(hints[key])}, got {describe_value(value)}")
 
@@ -284,6 +286,15 @@ def required_parameters(factory: Any) -> list[str]:
     if signature is None:
         return []
     return [n for n, p in signature.parameters.items() if p.kind in _KEYWORD_KINDS and p.default is p.empty]
+
+
+def _declared_plain(owner: Any, key: str | int, value: Any) -> bool:
+    """Whether ``owner`` annotates argument ``key`` with a plain type ``value`` fits (not a
+    component): ``MultiClsHead(backbone: str = "resnet50")`` names an architecture."""
+    if not isinstance(key, str) or not isinstance(value, (str, int, float)):
+        return False
+    hint = annotations(owner).get(key)
+    return hint is not None and type_matches(value, hint) is True
 
 
 def annotations(factory: Any) -> dict[str, Any]:
@@ -458,7 +469,14 @@ def build_hooks(config: Config, registries: _registry.Registries | None = None) 
         tables = [tables]
     hooks: list[tuple[str, Any]] = []
     problems: list[Problem] = []
+    if not isinstance(tables, list):
+        raise ConfigError(config.problem(("hooks",), "must be an array of tables [[hooks]], each with a 'type' "
+                                         f"naming a hook component, got {describe_value(tables)}"))
     for index, table in enumerate(tables):
+        if not isinstance(table, Mapping) or not isinstance(table.get("type"), str):
+            problems.append(config.problem(("hooks", index), "must be a table with a 'type' naming a hook component, "
+                                           f"got {describe_value(table)}"))
+            continue
         try:
             hooks.append((f"hooks.{index}.{table['type']}", Builder(config, registries).build(table, "hooks", ("hooks", index))))
         except ConfigError as exc:

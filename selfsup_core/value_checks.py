@@ -94,14 +94,19 @@ def _describe(value: Any) -> str:
 
 
 def scalar_fits_class(value: Any, annotation: Any) -> bool | None:
-    """Whether a TOML number or boolean can stand for an argument annotated with a class that
-    is not a TOML type (``torch.dtype``, ``Path``, ``nn.Module``): False (no number is one, e.g.
-    ``dtype = 123``), or None when it cannot be told (other values, numeric classes, typing
+    """Whether a TOML number, boolean or table (without ``type``) can stand for an argument
+    annotated with a class that is not a TOML type (``torch.dtype``, ``Path``, ``nn.Module``):
+    False (no number is one, e.g. ``dtype = 123``; no plain table is one), or None when it cannot be told (other values, numeric classes, typing
     constructs). Called by :func:`selfsup_core.build.type_matches` as its last resort."""
     import numbers
 
+    if isinstance(value, Mapping) and isinstance(annotation, type) and annotation is not object:
+        return issubclass(annotation, Mapping)  # a table is no dtype, path or module
     if not isinstance(annotation, type) or not isinstance(value, (bool, int, float)):
         return None
     if issubclass(annotation, numbers.Number) or annotation in (object, complex):
         return None
-    return isinstance(value, annotation) or False
+    try:
+        return isinstance(value, annotation) or False
+    except TypeError:  # a typing.Protocol without @runtime_checkable, ...
+        return None

@@ -277,8 +277,8 @@ class Trainer:
                 f"selfsup {__version__}: {type(model).__name__} on {self.device}"
                 f"{f' x {self.world_size} processes' if self.world_size > 1 else ''}, "
                 f"precision {str(self.autocast_dtype).replace('torch.', '') if self.autocast_dtype else 'fp32'}, "
-                f"{len(self.dataset)} samples, {self.iters_per_epoch} iterations/epoch, work dir {self.work_dir}")
-            self.logger.message(f"data: {self.data_path}")
+                f"{len(self.dataset)} samples, {self.iters_per_epoch} iterations/epoch, data: {self.data_path}; "
+                f"work dir {self.work_dir}")
             if self._warmup_warning:
                 self.logger.message(self._warmup_warning)
 

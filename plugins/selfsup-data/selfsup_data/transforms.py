@@ -321,11 +321,12 @@ class ToDtype(v2.ToDtype):
     """torchvision's ``ToDtype`` that also accepts a dtype name (``"float32"``, ``"uint8"`` ...).
 
     Args:
-        dtype: a ``torch.dtype``, its name, or torchvision's per-type dict.
+        dtype: a ``torch.dtype`` or its name (torchvision's per-type dict is keyed by Python
+            types, which a TOML config cannot name, so it is not accepted).
         scale: rescale values between integer and float ranges (uint8 0..255 <-> float 0..1).
     """
 
-    def __init__(self, dtype: Union[str, torch.dtype, dict] = "float32", scale: bool = False) -> None:
+    def __init__(self, dtype: Union[str, torch.dtype] = "float32", scale: bool = False) -> None:
         if isinstance(dtype, str):
             name = dtype.removeprefix("torch.")
             if name not in _DTYPES:

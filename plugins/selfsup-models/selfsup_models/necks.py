@@ -363,6 +363,9 @@ class SwAVNeck(BaseModule):
     ``forward(x) -> [Tensor (sum of n_g, out_channels)]``.
     """
 
+    #: 0 is a width with a meaning here (no hidden layer / no projection), not a mistake
+    __selfsup_zero_ok__ = ("hid_channels", "out_channels")
+
     def __init__(
         self,
         in_channels: int,

@@ -119,7 +119,7 @@ def test_latent_predict_head_builds_nested_predictor_table():
 
 
 def test_latent_predict_head_rejects_untyped_predictor():
-    with pytest.raises(ConfigError, match="neck table"):
+    with pytest.raises(ConfigError, match="predictor: must be a table with a 'type' naming a neck component"):
         build({"type": "LatentPredictHead", "predictor": {"in_channels": 2}}, "heads")
 
 
