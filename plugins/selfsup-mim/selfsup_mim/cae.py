@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup_core.api import SelfSupError
 from selfsup_models.algorithm import BaseAlgorithm, check_views
 from selfsup_models.backbones.transformer_layers import DropPath, Mlp, TransformerEncoderLayer
 from selfsup_models.backbones.vision_transformer import VisionTransformer
@@ -235,6 +236,10 @@ class CAENeck(BaseModule):
         return self.head(self.norm_decoder(x)), latent_pred
 
 
+class TokenizerMissingError(SelfSupError, FileNotFoundError):
+    """The tokenizer weights a CAE config names are not on this machine (one line, exit 2)."""
+
+
 class CAEHead(BaseModule):
     """CAE's losses: cross-entropy of the decoder's logits against the tokenizer's codes of
     the masked patches (``main``) and ``lambd`` x MSE between the regressor's predictions and
@@ -278,7 +283,7 @@ class CAEHead(BaseModule):
         """Raise (naming the key) when ``tokenizer_path`` was given but the file is missing;
         called at the first training step, so that ``--check`` works without the weights."""
         if self.tokenizer_path and not self.tokenizer_loaded:
-            raise FileNotFoundError(f"model.head.tokenizer_path = {self.tokenizer_path!r}: no such file; import the "
+            raise TokenizerMissingError(f"model.head.tokenizer_path = {self.tokenizer_path!r}: no such file; import the "
                                     "DALL-E encoder weights with 'selfsup-run import-weights' or drop the key to "
                                     "train with a random tokenizer")
 

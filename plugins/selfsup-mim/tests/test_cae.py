@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import default_collate
 
 from selfsup_core.cli import main
+from selfsup_core.errors import SelfSupError
 from selfsup_core.testing import derive_config, read_metrics, run_selfsup
 from selfsup_mim.cae import CAE, CAEHead, CAENeck, CAEViT
 from selfsup_mim.dalle import DALLEEncoder
@@ -128,7 +129,7 @@ def test_a_tokenizer_file_of_another_architecture_is_one_line_exit_2(tmp_path, c
 
 def test_a_missing_tokenizer_file_passes_check_and_stops_training(tmp_path):
     model = tiny_cae(tokenizer_path=str(tmp_path / "absent.pth"))
-    with pytest.raises(FileNotFoundError, match="model.head.tokenizer_path"):
+    with pytest.raises(SelfSupError, match="model.head.tokenizer_path"):  # one line, exit 2, from selfsup-run
         model(torch.randn(1, 1, 8, 8), mode="train", mask=torch.ones(1, 4, 4, dtype=torch.bool).tril(),
               img_target=torch.rand(1, 1, 8, 8))
 
