@@ -120,6 +120,11 @@ def scan_entry_points(
     return {group: list(infos) for group, infos in cached.items()}
 
 
+def _is_egg_info(dist: Any) -> bool:
+    """Whether ``dist``'s metadata is a setuptools ``.egg-info`` folder."""
+    return str(getattr(dist, "_path", "")).endswith(".egg-info")
+
+
 def _scan(prefix: str, path: list[str] | None) -> dict[str, list[EntryPointInfo]]:
     """One pass over the installed distributions' metadata (see :func:`scan_entry_points`)."""
     global _SCAN_COUNT
@@ -128,16 +133,20 @@ def _scan(prefix: str, path: list[str] | None) -> dict[str, list[EntryPointInfo]
         return found
     _SCAN_COUNT += 1
     disabled = disabled_names()
-    seen: set[str] = set()
+    chosen: dict[str, Any] = {}
     search = {} if path is None else {"path": list(path)}
     for dist in importlib_metadata.distributions(**search):
         name = dist.metadata["Name"]
         if not name:
             continue
         key = normalize_name(name)
-        if key in seen:
-            continue
-        seen.add(key)
+        # one copy per distribution: the first in path order, except that installed metadata
+        # (.dist-info) wins over a source tree's .egg-info left by an older build (which the
+        # working directory puts first on sys.path when a command runs from the checkout)
+        if key not in chosen or (_is_egg_info(chosen[key]) and not _is_egg_info(dist)):
+            chosen[key] = dist
+    for key, dist in chosen.items():
+        name = dist.metadata["Name"]
         if key in disabled:
             continue
         for ep in dist.entry_points:

@@ -48,6 +48,7 @@ KINDS: dict[str, str] = {
     "transforms": "selfsup.transforms",
     "hooks": "selfsup.hooks",
     "evaluators": "selfsup.evaluators",
+    "runtimes": "selfsup.runtimes",
 }
 #: Singular spellings accepted for each kind (``list backbone``, ``[model.backbone]``).
 KIND_ALIASES: dict[str, str] = {
@@ -61,6 +62,7 @@ KIND_ALIASES: dict[str, str] = {
     "transform": "transforms",
     "hook": "hooks",
     "evaluator": "evaluators",
+    "runtime": "runtimes",
 }
 #: Provider name of components registered in-process (tests, notebooks).
 IN_PROCESS = "<in-process>"

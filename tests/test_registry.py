@@ -186,6 +186,7 @@ def test_kinds_accept_singular_and_plural_and_reject_unknown():
     assert set(registry.KINDS.values()) == {
         "selfsup.algorithms", "selfsup.backbones", "selfsup.necks", "selfsup.heads", "selfsup.memories",
         "selfsup.datasets", "selfsup.data_sources", "selfsup.transforms", "selfsup.hooks", "selfsup.evaluators",
+        "selfsup.runtimes",
     }
 
 
@@ -204,3 +205,22 @@ def test_use_swaps_the_registries_in_use(selfsup_registries):
     with registry.use(other):
         assert registry.get("backbones") is other["backbones"]
     assert registry.current() is selfsup_registries
+
+
+def test_installed_metadata_wins_over_a_stale_egg_info_earlier_on_the_path(tmp_path):
+    """A checkout's old ``.egg-info`` (first on sys.path when running from the checkout) must
+    not hide entry points the installed ``.dist-info`` declares."""
+    from selfsup_core.discovery import clear_scan_cache, scan_entry_points
+
+    source, site = tmp_path / "checkout", tmp_path / "site"
+    (source / "acme.egg-info").mkdir(parents=True)
+    (source / "acme.egg-info" / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: acme\nVersion: 0.1.0\n")
+    (source / "acme.egg-info" / "entry_points.txt").write_text("[selfsup.hooks]\nOld = acme:Old\n")
+    (site / "acme-0.1.0.dist-info").mkdir(parents=True)
+    (site / "acme-0.1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: acme\nVersion: 0.1.0\n")
+    (site / "acme-0.1.0.dist-info" / "entry_points.txt").write_text(
+        "[selfsup.hooks]\nOld = acme:Old\n\n[selfsup.runtimes]\nnew = acme:New\n")
+    clear_scan_cache()
+    found = scan_entry_points(path=[str(source), str(site)])
+    assert [e.name for e in found["selfsup.runtimes"]] == ["new"]
+    assert [e.name for e in found["selfsup.hooks"]] == ["Old"]  # one copy, not two

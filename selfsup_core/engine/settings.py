@@ -4,7 +4,8 @@ The names follow MMSelfSup 0.x / MMCV so old configs move over one to one::
 
     seed = 0                      # top level: seed, deterministic, work_dir
     [runner]        max_epochs, device, precision, channels_last, compile, cudnn_benchmark,
-                    find_unused_parameters
+                    find_unused_parameters, distributed (the runtime of a multi-process run:
+                    "ddp", or one a plugin registers in selfsup.runtimes)
     [data]          samples_per_gpu, workers_per_gpu (or "auto"), drop_last, pin_memory,
                     persistent_workers, prefetch_factor, replace, resident,
                     resident_memory_share, train (the dataset table)
@@ -54,6 +55,7 @@ class RunSettings:
     compile: bool | str = False
     cudnn_benchmark: bool = True
     find_unused_parameters: bool = False
+    distributed: str = "ddp"
     samples_per_gpu: int = 32
     workers_per_gpu: int | str = 2
     drop_last: bool = True
@@ -138,6 +140,18 @@ def _compile(value: Any) -> str | None:
     return None
 
 
+def _runtime(value: Any) -> str | None:
+    """A registered distributed runtime (``selfsup.runtimes``: ``ddp`` or a plugin's)."""
+    from .. import registry as _registry
+
+    runtimes = _registry.current()["runtimes"]
+    if isinstance(value, str) and value not in runtimes:
+        names = runtimes.names()
+        return (f"unknown distributed runtime {value!r}{did_you_mean(value, names)}; installed: "
+                f"{', '.join(names) or 'none'} (selfsup-run list runtimes)")
+    return None
+
+
 def _workers(value: Any) -> str | None:
     if isinstance(value, str):
         return None if value == "auto" else f"must be an integer >= 0 or 'auto', got {value!r}"
@@ -164,6 +178,7 @@ _SCHEMA: dict[tuple[str, str], KeySpec] = {
     ("runner", "compile"): ("compile", (bool, str), _compile),
     ("runner", "cudnn_benchmark"): ("cudnn_benchmark", BOOL, None),
     ("runner", "find_unused_parameters"): ("find_unused_parameters", BOOL, None),
+    ("runner", "distributed"): ("distributed", (str,), _runtime),
     ("data", "samples_per_gpu"): ("samples_per_gpu", INT, positive),
     ("data", "workers_per_gpu"): ("workers_per_gpu", (int, str), _workers),
     ("data", "drop_last"): ("drop_last", BOOL, None),

@@ -254,12 +254,9 @@ class Trainer:
         if compile_mode:
             target = getattr(model, "backbone", None) if compile_mode in (True, "backbone") else None
             (target if isinstance(target, nn.Module) else model).compile()
-        if dist.is_distributed():
-            self.ddp_model: nn.Module = nn.parallel.DistributedDataParallel(
-                model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=settings.find_unused_parameters,
-            )
+        if dist.is_distributed():  # the runtime named by [runner] distributed (a registered component)
+            runtime = self.registries["runtimes"].lookup(settings.distributed).load()
+            self.ddp_model: nn.Module = runtime(model, device=self.device, settings=settings)
         else:
             self.ddp_model = model
 
@@ -366,7 +363,7 @@ class Trainer:
                 self.is_update_step = self.iter + 1 == group_start + group_size
                 self.lr_schedule.step(self.iter)
                 sync = self.is_update_step or not dist.is_distributed()
-                with (nullcontext() if sync else self.ddp_model.no_sync()):
+                with (nullcontext() if sync or not hasattr(self.ddp_model, "no_sync") else self.ddp_model.no_sync()):
                     with autocast:
                         outputs = self.ddp_model(mode="train", **self._forward_args(batch))
                     loss, parts = self._parse_outputs(outputs)

@@ -1,0 +1,33 @@
+"""Distributed runtimes are registered components: ``[runner] distributed`` names one."""
+from __future__ import annotations
+
+import pytest
+
+from selfsup_core import registry
+from selfsup_core.config import load_config
+from selfsup_core.engine.runtimes import DDPRuntime
+from selfsup_core.engine.settings import read_settings
+from selfsup_core.errors import ConfigError
+
+
+def test_ddp_is_the_registered_default_runtime():
+    runtimes = registry.current()["runtimes"]
+    assert "ddp" in runtimes.names()
+    assert runtimes.lookup("ddp").load() is DDPRuntime
+    assert runtimes.lookup("ddp").dist == "selfsup-core"
+
+
+def test_the_runtime_is_read_from_the_runner_table_and_checked(write_config):
+    assert read_settings(load_config(write_config())).distributed == "ddp"
+    bad = load_config(write_config(), ['runner.distributed="fsdb"'])
+    with pytest.raises(ConfigError, match=r"runner\.distributed: unknown distributed runtime 'fsdb'.*installed: ddp"):
+        read_settings(bad)
+
+
+def test_a_plugin_runtime_is_listed_and_accepted(selfsup_site, write_config):
+    selfsup_site.add("acme-fsdp", entry_points={"selfsup.runtimes": {"fsdp2": "acme_fsdp:FSDP2Runtime"}},
+                     modules={"acme_fsdp.py": "class FSDP2Runtime:\n    def __init__(self, model, *, device, settings):\n"
+                                              "        self.module = model\n"})
+    with registry.use(selfsup_site.registries()):
+        assert registry.current()["runtimes"].names() == ["fsdp2"]  # this site's distributions only
+        assert read_settings(load_config(write_config(), ['runner.distributed="fsdp2"'])).distributed == "fsdp2"
