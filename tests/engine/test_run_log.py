@@ -8,39 +8,15 @@ import numpy as np
 import pytest
 from selfsup_core.cli import main
 from selfsup_core.engine.runlog import TeeStream
+from selfsup_data.testing import write_tiny_simclr_config
 
 pytest.importorskip("selfsup_models")
 
-CONFIG = """
-seed = 0
-[model]
-type = "SimCLR"
-backbone = { type = "ResNet", depth = 18, in_channels = 1, stem_type = "cifar", base_channels = 4, stem_channels = 4 }
-neck = { type = "NonLinearNeck", in_channels = 32, hid_channels = 16, out_channels = 8, with_avg_pool = true }
-head = { type = "ContrastiveHead" }
-[data]
-samples_per_gpu = 8
-workers_per_gpu = 0
-[data.train]
-type = "MultiViewDataset"
-num_views = [2]
-pipelines = [[{ type = "RandomHorizontalFlip" }, { type = "ToImage" }, { type = "ToDtype", dtype = "float32", scale = true }]]
-data_source = { type = "NumpyArrays", file = "FILE" }
-[optimizer]
-type = "SGD"
-lr = 0.01
-[runner]
-max_epochs = 1
-[log_config]
-interval = 1
-plot = false
-"""
 
 
 def test_run_log_holds_the_console_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     np.savez(tmp_path / "tiny.npz", images=np.zeros((16, 8, 8), dtype=np.uint8))
-    config = tmp_path / "tiny.toml"
-    config.write_text(CONFIG.replace("FILE", (tmp_path / "tiny.npz").as_posix()), encoding="utf-8")
+    config = write_tiny_simclr_config(tmp_path / "tiny.toml", tmp_path / "tiny.npz")
     assert main(["train", str(config), "--work-dir", str(tmp_path / "run"), "--device", "cpu"]) == 0
     captured = capsys.readouterr()
     log = (tmp_path / "run" / "run.log").read_text(encoding="utf-8")

@@ -23,6 +23,46 @@ import numpy as np
 from .sources.mnist import FASHION_MNIST_CLASSES, FashionMNIST
 
 
+#: A SimCLR run small enough for a unit test: ResNet-18 at width 4 on 8x8 grey images from a
+#: ``NumpyArrays`` file, batch 8, no workers, one log record per iteration, no curves.
+TINY_SIMCLR_CONFIG = """
+seed = 0
+[model]
+type = "SimCLR"
+backbone = {{ type = "ResNet", depth = 18, in_channels = 1, stem_type = "cifar", base_channels = 4, stem_channels = 4 }}
+neck = {{ type = "NonLinearNeck", in_channels = 32, hid_channels = 16, out_channels = 8, with_avg_pool = true }}
+head = {{ type = "ContrastiveHead" }}
+[data]
+samples_per_gpu = 8
+workers_per_gpu = 0
+[data.train]
+type = "MultiViewDataset"
+num_views = [2]
+pipelines = [[{flip}{{ type = "ToImage" }}, {{ type = "ToDtype", dtype = "float32", scale = true }}]]
+data_source = {{ type = "NumpyArrays", file = "{file}" }}
+[optimizer]
+type = "SGD"
+lr = 0.01
+[runner]
+max_epochs = {max_epochs}
+precision = "fp32"
+[log_config]
+interval = 1
+plot = false
+"""
+
+
+def write_tiny_simclr_config(path: str | os.PathLike[str], npz: str | os.PathLike[str], *, max_epochs: int = 1,
+                             flip: bool = True, extra: str = "") -> Path:
+    """Write :data:`TINY_SIMCLR_CONFIG` on the images of ``npz`` to ``path`` (plus ``extra``
+    TOML, e.g. ``[[hooks]]`` tables) and return it; ``flip`` adds a random horizontal flip."""
+    text = TINY_SIMCLR_CONFIG.format(flip='{ type = "RandomHorizontalFlip" }, ' if flip else "",
+                                     file=Path(npz).as_posix(), max_epochs=max_epochs)
+    path = Path(path)
+    path.write_text(text + extra, encoding="utf-8")
+    return path
+
+
 def _synthetic(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Grey 28x28 images of 10 classes: a bright bar whose orientation and position depend on
     the class, with noise, so that augmentations and a contrastive loss have something to learn."""

@@ -11,34 +11,10 @@ import pytest
 import torch
 from selfsup_core.config import load_config
 from selfsup_core.engine.trainer import Trainer
+from selfsup_data.testing import write_tiny_simclr_config
 
 pytest.importorskip("selfsup_contrastive")
 
-CONFIG = """
-seed = 0
-[model]
-type = "SimCLR"
-backbone = { type = "ResNet", depth = 18, in_channels = 1, stem_type = "cifar", base_channels = 4, stem_channels = 4 }
-neck = { type = "NonLinearNeck", in_channels = 32, hid_channels = 16, out_channels = 8, with_avg_pool = true }
-head = { type = "ContrastiveHead" }
-[data]
-samples_per_gpu = 8
-workers_per_gpu = 0
-[data.train]
-type = "MultiViewDataset"
-num_views = [2]
-pipelines = [[{ type = "RandomHorizontalFlip" }, { type = "ToImage" }, { type = "ToDtype", dtype = "float32", scale = true }]]
-data_source = { type = "NumpyArrays", file = "FILE" }
-[optimizer]
-type = "SGD"
-lr = 0.01
-[runner]
-max_epochs = 2
-precision = "fp32"
-[log_config]
-interval = 1
-plot = false
-"""
 HOOK = """
 [[hooks]]
 type = "OnlineLinearProbe"
@@ -51,8 +27,7 @@ def _run(tmp_path: Path, name: str, extra: str) -> list[dict]:
     labels = np.arange(24) % 3
     images = (labels[:, None, None] * 100 + np.random.default_rng(0).integers(0, 30, (24, 8, 8))).astype(np.uint8)
     np.savez(tmp_path / "tiny.npz", images=images, labels=labels)
-    config = tmp_path / f"{name}.toml"
-    config.write_text(CONFIG.replace("FILE", (tmp_path / "tiny.npz").as_posix()) + extra, encoding="utf-8")
+    config = write_tiny_simclr_config(tmp_path / f"{name}.toml", tmp_path / "tiny.npz", max_epochs=2, extra=extra)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -12,42 +12,16 @@ from typing import Any
 import numpy as np
 import pytest
 from selfsup_core.cli import main
+from selfsup_data.testing import write_tiny_simclr_config
 from selfsup_trackers.loggers import default_tracking_uri
 
 pytest.importorskip("selfsup_contrastive")
 
-CONFIG = """
-seed = 0
-[model]
-type = "SimCLR"
-backbone = { type = "ResNet", depth = 18, in_channels = 1, stem_type = "cifar", base_channels = 4, stem_channels = 4 }
-neck = { type = "NonLinearNeck", in_channels = 32, hid_channels = 16, out_channels = 8, with_avg_pool = true }
-head = { type = "ContrastiveHead" }
-[data]
-samples_per_gpu = 8
-workers_per_gpu = 0
-[data.train]
-type = "MultiViewDataset"
-num_views = [2]
-pipelines = [[{ type = "ToImage" }, { type = "ToDtype", dtype = "float32", scale = true }]]
-data_source = { type = "NumpyArrays", file = "FILE" }
-[optimizer]
-type = "SGD"
-lr = 0.01
-[runner]
-max_epochs = 1
-precision = "fp32"
-[log_config]
-interval = 1
-plot = false
-"""
 
 
 def _config(tmp_path: Path, hooks: str) -> Path:
     np.savez(tmp_path / "tiny.npz", images=np.random.default_rng(0).integers(0, 255, (16, 8, 8), dtype=np.uint8))
-    path = tmp_path / "tiny.toml"
-    path.write_text(CONFIG.replace("FILE", (tmp_path / "tiny.npz").as_posix()) + hooks, encoding="utf-8")
-    return path
+    return write_tiny_simclr_config(tmp_path / "tiny.toml", tmp_path / "tiny.npz", flip=False, extra=hooks)
 
 
 class _FakeWandbRun:
