@@ -31,12 +31,15 @@ from .config import Config, KeyPath
 from .errors import ConfigError, Problem, SelfSupError, describe_exception, did_you_mean
 from .value_checks import component_value_problem, range_problem, scalar_fits_class
 
+#: Kinds the trainer builds itself from its own tables (``[optimizer]`` gets the model's
+#: parameters; ``[runner] distributed`` names a runtime): no config key holds them as components.
+_NOT_CONFIG_KEYS = ("optimizers", "runtimes")
 #: Config keys whose typed tables are components of a kind: each kind's registry name and
 #: its singular (from :data:`selfsup_core.registry.KINDS`), plus the MMSelfSup spellings of
 #: config tables. A key ending in ``_<one of these>`` (``online_neck``) has the same kind.
 KEY_KINDS: dict[str, str] = {
-    **{kind: kind for kind in _registry.KINDS},
-    **_registry.KIND_ALIASES,
+    **{kind: kind for kind in _registry.KINDS if kind not in _NOT_CONFIG_KEYS},
+    **{key: kind for key, kind in _registry.KIND_ALIASES.items() if kind not in _NOT_CONFIG_KEYS},
     "model": "algorithms",
     "source": "data_sources",
     "pipeline": "transforms",

@@ -49,6 +49,7 @@ KINDS: dict[str, str] = {
     "hooks": "selfsup.hooks",
     "evaluators": "selfsup.evaluators",
     "runtimes": "selfsup.runtimes",
+    "optimizers": "selfsup.optimizers",
 }
 #: Singular spellings accepted for each kind (``list backbone``, ``[model.backbone]``).
 KIND_ALIASES: dict[str, str] = {
@@ -63,6 +64,7 @@ KIND_ALIASES: dict[str, str] = {
     "hook": "hooks",
     "evaluator": "evaluators",
     "runtime": "runtimes",
+    "optimizer": "optimizers",
 }
 #: Provider name of components registered in-process (tests, notebooks).
 IN_PROCESS = "<in-process>"

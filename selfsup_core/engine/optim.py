@@ -131,9 +131,14 @@ class _Problems:
 
 
 def optimizer_class(name: str) -> Optional[type]:
-    """The optimizer class called ``name``: ``LARS`` or a ``torch.optim`` class; else None."""
-    if name == "LARS":
-        return LARS
+    """The optimizer class called ``name``: a registered optimizer (entry-point group
+    ``selfsup.optimizers``: the core's ``LARS``, or a plugin's), else a ``torch.optim`` class;
+    None when neither has it."""
+    from .. import registry as _registry
+
+    registered = _registry.current()["optimizers"]
+    if name in registered:
+        return registered.lookup(name).load()
     found = getattr(torch.optim, name, None)
     if inspect.isclass(found) and issubclass(found, torch.optim.Optimizer) and found is not torch.optim.Optimizer:
         return found
@@ -141,7 +146,10 @@ def optimizer_class(name: str) -> Optional[type]:
 
 
 def _known_optimizers() -> list[str]:
-    return ["LARS"] + sorted(n for n in dir(torch.optim) if optimizer_class(n) is not None and n != "LARS")
+    from .. import registry as _registry
+
+    registered = _registry.current()["optimizers"].names()
+    return registered + sorted(n for n in dir(torch.optim) if n not in registered and optimizer_class(n) is not None)
 
 
 def _is_number(value: Any) -> bool:
@@ -214,7 +222,7 @@ def build_optimizer(
         klass = optimizer_class(type_name)
         if klass is None:
             problems.add(("type",), f"unknown optimizer type {type_name!r}{did_you_mean(type_name, _known_optimizers())}"
-                         " (LARS or a torch.optim class name)")
+                         " (a registered optimizer, see selfsup-run list optimizers, or a torch.optim class name)")
     problems.raise_if_any()
     assert klass is not None
 
