@@ -34,6 +34,11 @@ from .value_checks import component_value_problem, range_problem, scalar_fits_cl
 #: Kinds the trainer builds itself from its own tables (``[optimizer]`` gets the model's
 #: parameters; ``[runner] distributed`` names a runtime): no config key holds them as components.
 _NOT_CONFIG_KEYS = ("optimizers", "runtimes")
+def _config_kinds(registries: Any) -> list[str]:
+    """The kinds a config table can name by ``type`` alone (all but :data:`_NOT_CONFIG_KEYS`)."""
+    return [kind for kind in registries if kind not in _NOT_CONFIG_KEYS]
+
+
 #: Config keys whose typed tables are components of a kind: each kind's registry name and
 #: its singular (from :data:`selfsup_core.registry.KINDS`), plus the MMSelfSup spellings of
 #: config tables. A key ending in ``_<one of these>`` (``online_neck``) has the same kind.
@@ -181,7 +186,7 @@ class Builder:
             except SelfSupError as exc:
                 self._problem(path, str(exc), exc.__cause__)
                 return None
-        found = [k for k in self.registries if type_name in self.registries[k]]
+        found = [k for k in _config_kinds(self.registries) if type_name in self.registries[k]]
         if len(found) == 1:
             return self._resolve(type_name, found[0], path)
         if found:
@@ -193,7 +198,7 @@ class Builder:
                 self._problem(path, _import_paths.refusal(type_name, None))
                 return None
             errors = []
-            for candidate in self.registries:
+            for candidate in _config_kinds(self.registries):
                 try:
                     return self.registries[candidate].lookup(type_name)
                 except SelfSupError as exc:
@@ -207,7 +212,7 @@ class Builder:
                 return None
             self._problem(path, str(errors[-1]), errors[-1].__cause__)
             return None
-        every = [n for k in self.registries for n in self.registries[k].names()]
+        every = [n for k in _config_kinds(self.registries) for n in self.registries[k].names()]
         self._problem(path, f"unknown component type {type_name!r}{did_you_mean(type_name, every)} "
                       "(run 'selfsup-run list' to see what is installed)")
         return None
@@ -442,7 +447,7 @@ def validate(config: Config, registries: _registry.Registries | None = None) -> 
             type_name = value.get("type")
             if kind:
                 builder.plan(value, kind, path)
-            elif isinstance(type_name, str) and (any(type_name in builder.registries[k] for k in builder.registries)
+            elif isinstance(type_name, str) and (any(type_name in builder.registries[k] for k in _config_kinds(builder.registries))
                                                  or _import_paths.looks_like_import_path(type_name)):
                 builder.plan(value, None, path)
             else:
