@@ -31,3 +31,13 @@ def test_a_plugin_runtime_is_listed_and_accepted(selfsup_site, write_config):
     with registry.use(selfsup_site.registries()):
         assert registry.current()["runtimes"].names() == ["fsdp2"]  # this site's distributions only
         assert read_settings(load_config(write_config(), ['runner.distributed="fsdp2"'])).distributed == "fsdp2"
+
+
+def test_trainer_kinds_are_not_config_components(write_config):
+    """``[optimizer] type = "LARS"`` names a registered optimizer, yet the table is the
+    trainer's (built with the model's parameters), not a component to validate on its own."""
+    from selfsup_core.build import validate
+
+    config = load_config(write_config(), ['optimizer.type="LARS"'])
+    validate(config)  # no "missing required argument 'params'"
+    assert registry.current()["optimizers"].lookup("LARS").dist == "selfsup-core"
