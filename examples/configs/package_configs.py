@@ -10,24 +10,24 @@ bases in the same plugin stay relative. ``tests/test_packaged_configs.py`` runs 
 """
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-#: config file name prefix -> distribution that ships it
-OWNERS = {
-    "simclr": "selfsup-contrastive", "mocov1": "selfsup-contrastive", "mocov2": "selfsup-contrastive",
-    "mocov3": "selfsup-contrastive", "npid": "selfsup-contrastive", "densecl": "selfsup-contrastive",
-    "interclr-moco": "selfsup-contrastive", "maskfeat": "selfsup-mim", "cae": "selfsup-mim",
-    "byol": "selfsup-siamese", "simsiam": "selfsup-siamese", "barlowtwins": "selfsup-siamese",
-    "deepcluster": "selfsup-clustering", "odc": "selfsup-clustering", "swav": "selfsup-clustering",
-    "mae": "selfsup-mim", "simmim": "selfsup-mim",
-    "relative-loc": "selfsup-pretext", "rotation-pred": "selfsup-pretext",
-    "extractor": "selfsup-eval",
-}
 SHARED_BASES = "selfsup-data"  # examples/configs/_base_/* -> selfsup-data::*
+
+
+@functools.lru_cache(maxsize=None)
+def owner_of(name: str) -> str:
+    """The distribution that ships config ``name`` (of this folder): the one providing its
+    ``model.type`` algorithm, as installed."""
+    from selfsup_core.config import load_config
+    from selfsup_core.registry import current
+
+    return current()["algorithms"].lookup(load_config(HERE / name).data["model"]["type"]).dist
 
 
 def folder_of(dist: str) -> Path:
@@ -39,10 +39,7 @@ def copies() -> dict[Path, str]:
     """Every packaged copy's path and text."""
     out: dict[Path, str] = {}
     for source in sorted(HERE.glob("*.toml")):
-        dist = OWNERS.get(source.name.split("_")[0])
-        if dist is None:
-            sys.exit(f"{source.relative_to(ROOT)}: no plugin ships configs named {source.name.split('_')[0]}_*; "
-                     "add the prefix to OWNERS in examples/configs/package_configs.py")
+        dist = owner_of(source.name)
         out[folder_of(dist) / source.name] = _rewrite(source, dist)
     for source in sorted((HERE / "_base_").rglob("*.toml")):
         relative = source.relative_to(HERE / "_base_").as_posix()
@@ -62,7 +59,7 @@ def _rewrite(source: Path, dist: str) -> str:
         name = match.group(1)
         if name.startswith("_base_/"):
             return f'"{SHARED_BASES}::{name[len("_base_/"):]}"'
-        owner = OWNERS.get(name.split("_")[0])
+        owner = owner_of(name)
         return f'"{name}"' if owner == dist else f'"{owner}::{name}"'
 
     lines = text.splitlines(keepends=True)
