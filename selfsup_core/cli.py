@@ -23,9 +23,6 @@ from . import plugins as _plugins
 from . import registry as _registry
 from .errors import SelfSupError, describe_exception, unwrap_worker_message
 
-#: The core's own commands; installed plugins add theirs through ``selfsup_register_commands``.
-COMMANDS = ("train", "eval", "tsne", "list", "show-config", "export", "import-weights", "plot-log",
-            "count-params", "show", "export-hub")
 # Tool commands: each is ``selfsup_core.tools.<module>.run(args) -> int``, imported when used.
 TOOLS = {
     "export": "export",
