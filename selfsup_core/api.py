@@ -43,12 +43,14 @@ _EXPORTS: dict[str, str] = {
     # plugins and hooks
     "hookimpl": "selfsup_core.hookspecs:hookimpl",
     "Runner": "selfsup_core.hookspecs:Runner",
-    "get_plugin_manager": "selfsup_core.plugins:get_plugin_manager",
+    "get_plugin_manager": "selfsup_core.session:plugin_manager",
+    "Session": "selfsup_core.session:Session",
+    "session": "selfsup_core.session",
     "cli_main": "selfsup_core.cli:main",
     "add_config_arguments": "selfsup_core.cli:add_config_arguments",
     "add_import_path_argument": "selfsup_core.cli:add_import_path_argument",
     "load_command_config": "selfsup_core.cli:load_command_config",
-    "resolve_checkpoint": "selfsup_core.plugins:resolve_checkpoint",
+    "resolve_checkpoint": "selfsup_core.session:resolve_checkpoint",
     # files
     "atomic_write": "selfsup_core.fileio:atomic_write",
     "atomic_write_text": "selfsup_core.fileio:atomic_write_text",

@@ -27,6 +27,7 @@ import attrs
 
 from . import import_paths as _import_paths
 from . import registry as _registry
+from . import session as _session
 from .config import Config, KeyPath
 from .errors import ConfigError, Problem, SelfSupError, describe_exception, did_you_mean
 from .value_checks import component_value_problem, range_problem, scalar_fits_class
@@ -89,7 +90,7 @@ class Builder:
 
     def __init__(self, config: Config | None = None, registries: _registry.Registries | None = None) -> None:
         self.config = config if config is not None else Config({})
-        self.registries = registries if registries is not None else _registry.current()
+        self.registries = registries if registries is not None else _session.registries()
         self.problems: list[Problem] = []
         self._causes: list[BaseException] = []
 

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from . import plugins as _plugins
 from . import registry as _registry
+from . import session as _session
 from .errors import SelfSupError, describe_exception, unwrap_worker_message
 
 # Tool commands: each is ``selfsup_core.tools.<module>.run(args) -> int``, imported when used.
@@ -139,7 +139,7 @@ def make_parser() -> argparse.ArgumentParser:
     _add_tool_parsers(commands)
     # commands of installed plugins (selfsup-migrate's ``migrate``, ...): each sets
     # ``selfsup_run`` on its parser, the function that runs it
-    _plugins.get_plugin_manager().hook.selfsup_register_commands(commands=commands)
+    _session.plugin_manager().hook.selfsup_register_commands(commands=commands)
     parser.set_defaults(command_names=tuple(commands.choices))
     return parser
 
@@ -254,7 +254,7 @@ def load_command_config(args: argparse.Namespace, path: str | None = None,
 
     config = load_config(path if path is not None else args.config,
                          args.cfg_options if overrides is None else overrides)
-    _plugins.prepare_config(config)
+    _session.current().prepare(config)
     _refuse_import_paths(config)
     if getattr(args, "device", None) is not None:  # checked like [runner] device, before any torch call
         from .engine.settings import check_device
@@ -458,7 +458,7 @@ def _list(args: argparse.Namespace) -> int:
 
         return print_listing()
     kinds = [_registry.canonical_kind(args.kind)] if args.kind else list(_registry.KINDS)
-    registries = _registry.current()
+    registries = _session.registries()
     report: dict[str, Any] = {"kinds": {}, "broken_plugins": []}
     for kind in kinds:
         rows = []
@@ -480,7 +480,7 @@ def _list(args: argparse.Namespace) -> int:
                 }
             )
         report["kinds"][kind] = rows
-    for broken in _plugins.get_plugin_manager().broken:
+    for broken in _session.plugin_manager().broken:
         report["broken_plugins"].append({"name": broken.name, "provider": broken.provider, "error": str(broken)})
     if args.json:
         print(json.dumps(report, indent=2))

@@ -3,25 +3,28 @@
 A plugin that fails to import, declares a hook selfsup does not know, or raises while
 registering components is recorded in :attr:`PluginManager.broken` with its error and
 unregistered; everything else keeps working. See :mod:`selfsup_core.discovery` for the
-environment switches that disable autoloading or single plugins.
+environment switches that disable autoloading or single plugins, and
+:mod:`selfsup_core.session` for the process-wide manager.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import attrs
 import pluggy
 
 from . import hookspecs
-from .discovery import PLUGIN_GROUP, EntryPointInfo, clear_scan_cache, scan_entry_points
+from .discovery import PLUGIN_GROUP, EntryPointInfo, scan_entry_points
 from .errors import PluginLoadError, describe_exception, did_you_mean
 
-if TYPE_CHECKING:
-    from .config import Config
-    from .registry import Registries
+
+
+class ComponentSink(Protocol):
+    """What :meth:`PluginManager.register_components` adds to (the registries)."""
+
+    def add(self, kind: str, name: str, obj: Any, *, dist: str, version: str = "") -> None: ...
 
 HOOK_PREFIX = "selfsup_"
 
@@ -126,7 +129,7 @@ class PluginManager(pluggy.PluginManager):
         """``"distribution version"`` of a plugin loaded from an entry point, else its name."""
         return self._providers.get(name, name)
 
-    def register_components(self, registries: Registries) -> None:
+    def register_components(self, registries: ComponentSink) -> None:
         """Call each plugin's ``selfsup_register_components`` with a ``register`` callback
         that attributes the components to the plugin's distribution."""
         for impl in self.hook.selfsup_register_components.get_hookimpls():
@@ -141,78 +144,3 @@ class PluginManager(pluggy.PluginManager):
                 self.broken.append(
                     BrokenPlugin(impl.plugin_name, self.provider(impl.plugin_name), "selfsup_register_components", exc)
                 )
-
-
-_current: PluginManager | None = None
-
-
-def get_plugin_manager() -> PluginManager:
-    """The process-wide plugin manager, loading installed plugins on first use."""
-    global _current
-    if _current is None:
-        _current = PluginManager()
-    return _current
-
-
-@contextlib.contextmanager
-def use(manager: PluginManager) -> Iterator[PluginManager]:
-    """Make ``manager`` the process-wide plugin manager inside a ``with`` block."""
-    global _current
-    previous, _current = _current, manager
-    try:
-        yield manager
-    finally:
-        _current = previous
-
-
-def reset() -> None:
-    """Forget the process-wide plugin manager (the next use scans and loads plugins again)."""
-    global _current
-    _current = None
-    clear_scan_cache()
-
-
-def register_plugin_components(registries: Registries) -> None:
-    """Populate ``registries`` from the process-wide plugin manager's plugins."""
-    get_plugin_manager().register_components(registries)
-
-
-def prepare_config(config: Config, manager: PluginManager | None = None) -> Config:
-    """Run the plugins' ``selfsup_process_config`` hooks on ``config``, once.
-
-    Every path that turns a loaded config into a run calls this: the CLI's commands and
-    :class:`~selfsup_core.engine.trainer.Trainer` built from Python. ``config.processed``
-    records that the hooks ran, so a config prepared by the CLI and then handed to a
-    ``Trainer`` is not processed twice. Returns ``config``.
-    """
-    if not config.processed:
-        (manager or get_plugin_manager()).hook.selfsup_process_config(config=config)
-        config.processed = True
-    return config
-
-
-def resolve_checkpoint(reference: str, what: str, manager: PluginManager | None = None) -> str:
-    """A local checkpoint file for ``reference``: the path itself when it is a file, else the
-    first answer of the plugins' ``selfsup_resolve_checkpoint`` hooks.
-
-    ``what`` names the setting in errors (``"--resume"``, ``"init_cfg Pretrained"``). Raises
-    :class:`~selfsup_core.errors.SelfSupError` with one line when the reference is no file
-    and no plugin resolves it to an existing file.
-    """
-    import os
-
-    from .errors import SelfSupError
-
-    path = os.path.expanduser(str(reference))
-    if os.path.isfile(path):
-        return path
-    answer = (manager or get_plugin_manager()).hook.selfsup_resolve_checkpoint(uri=str(reference))
-    if isinstance(answer, list):  # a caller registered the spec without firstresult
-        answer = next((a for a in answer if a is not None), None)
-    if answer is None:
-        hint = "no installed plugin resolves it" if "://" in path else "no such checkpoint file"
-        raise SelfSupError(f"{what} {reference}: {hint} (nothing is downloaded; give a local file)")
-    resolved = os.fspath(answer)
-    if not os.path.isfile(resolved):
-        raise SelfSupError(f"{what} {reference}: a plugin resolved it to {resolved}, which is not a file")
-    return resolved

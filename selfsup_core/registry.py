@@ -26,7 +26,7 @@ import attrs
 
 from . import import_paths as _import_paths
 from .import_paths import ImportPathRefused
-from .discovery import EntryPointInfo, clear_scan_cache, normalize_name, scan_entry_points
+from .discovery import EntryPointInfo, normalize_name, scan_entry_points
 from .errors import (
     DuplicateComponentError,
     PluginLoadError,
@@ -392,51 +392,3 @@ class Registries(Mapping[str, Registry]):
 
     def __len__(self) -> int:
         return len(self._registries)
-
-
-_current: Registries | None = None
-
-
-def current() -> Registries:
-    """The registries in use: by default all installed plugins, discovered on first use."""
-    global _current
-    if _current is None:
-        from .plugins import register_plugin_components  # here: plugins imports this module
-
-        _current = Registries(populate=register_plugin_components)
-    return _current
-
-
-def get(kind: str) -> Registry:
-    """The registry of ``kind`` (``"backbones"``, ``"backbone"``, ...) in use."""
-    return current()[kind]
-
-
-@contextlib.contextmanager
-def use(registries: Registries) -> Iterator[Registries]:
-    """Make ``registries`` the ones in use inside a ``with`` block."""
-    global _current
-    previous, _current = _current, registries
-    try:
-        yield registries
-    finally:
-        _current = previous
-
-
-@contextlib.contextmanager
-def restoring() -> Iterator[None]:
-    """Whatever registries a ``with`` block makes or swaps in, put back the ones in use
-    before it (or the not yet made defaults) when it ends."""
-    global _current
-    previous = _current
-    try:
-        yield
-    finally:
-        _current = previous
-
-
-def reset() -> None:
-    """Forget the default registries so that the next use scans the installed plugins again."""
-    global _current
-    _current = None
-    clear_scan_cache()

@@ -40,6 +40,8 @@ import pytest
 
 from . import plugins as _plugins
 from . import registry as _registry
+from . import session as _session
+from . import session as _session
 from .discovery import normalize_name
 
 
@@ -134,6 +136,10 @@ class FakeSite:
         """A plugin manager that loaded this site's ``selfsup.plugins`` entry points."""
         return _plugins.PluginManager(path=[str(self.root)])
 
+    def session(self) -> _session.Session:
+        """A session that sees only this site's distributions (plugins and components)."""
+        return _session.Session(path=[str(self.root)])
+
     def cleanup(self) -> None:
         for name in list(sys.modules):
             if name.split(".")[0] in self.modules:
@@ -143,8 +149,8 @@ class FakeSite:
 @pytest.fixture
 def selfsup_registries() -> Iterator[_registry.Registries]:
     """Empty registries (discovery blocked) in use for the duration of the test."""
-    with _registry.use(_registry.Registries(discover=False)) as registries:
-        yield registries
+    with _session.use(registries=_registry.Registries(discover=False)) as session:
+        yield session.registries
 
 
 @pytest.fixture
@@ -154,8 +160,8 @@ def selfsup_plugin_manager() -> Iterator[_plugins.PluginManager]:
     Registries first used during the test take bulk registrations from this manager; they
     are dropped afterwards, so nothing leaks into later tests.
     """
-    with _registry.restoring(), _plugins.use(_plugins.PluginManager(load_entry_points=False)) as manager:
-        yield manager
+    with _session.use(plugin_manager=_plugins.PluginManager(load_entry_points=False)) as session:
+        yield session.plugin_manager
 
 
 @pytest.fixture
@@ -179,7 +185,7 @@ def components_of(dist: str, kinds: Any = None, *, own_modules: str | None = Non
     """``(kind, name)`` of every installed component that distribution ``dist`` provides, in
     ``kinds`` (default: all); ``own_modules`` keeps only targets in that package (skipping
     re-exported third-party classes such as torchvision transforms)."""
-    registries = _registry.current()
+    registries = _session.registries()
     found = []
     for kind in kinds or list(_registry.KINDS):
         for component in registries[kind].components():
@@ -198,7 +204,7 @@ def assert_validated_from_config(kind: str, name: str) -> None:
     from .build import accepted_parameters, build
     from .errors import ConfigError
 
-    factory = _registry.current()[kind].get(name)
+    factory = _session.registries()[kind].get(name)
     _, open_ended = accepted_parameters(factory)
     assert not open_ended, f"{name} accepts **kwargs: the core cannot catch a misspelt key"
     with pytest.raises(ConfigError, match=r"no_such_argument: unknown argument of " + name):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Optional
 
 import pytest
-from selfsup_core import registry as _registry
+from selfsup_core import session
 from selfsup_core.cli import main
 from selfsup_core.tools.describe import argument_docs, describe
 
@@ -26,7 +26,7 @@ class Widget:
 
 
 def test_describe_reads_signature_and_docstring() -> None:
-    with _registry.get("necks").temporary("Widget", Widget):
+    with session.get("necks").temporary("Widget", Widget):
         (record,) = describe("Widget")
     assert record["kind"] == "necks" and record["summary"] == ["A widget for tests."]
     args = {a["name"]: a for a in record["arguments"]}
@@ -42,7 +42,7 @@ def test_argument_docs_stops_at_the_section_end() -> None:
 
 
 def test_cli_show_and_list_args(capsys: pytest.CaptureFixture[str]) -> None:
-    with _registry.get("necks").temporary("Widget", Widget):
+    with session.get("necks").temporary("Widget", Widget):
         assert main(["show", "Widget"]) == 0
         shown = capsys.readouterr().out
         assert main(["list", "necks", "--args", "Widget"]) == 0

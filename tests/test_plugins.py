@@ -171,21 +171,20 @@ def test_every_hookspec_is_documented():
 
 
 def test_plugin_manager_fixture_does_not_leak_registries(selfsup_plugin_manager):
-    from selfsup_core import registry
+    from selfsup_core import registry, session
 
     class Bulk:
         def selfsup_register_components(self, register):
             register("backbones", "BulkNet", dict)
 
     selfsup_plugin_manager.register(Bulk(), name="bulk")
-    with registry.use(registry.Registries(discover=False, populate=selfsup_plugin_manager.register_components)):
-        assert registry.get("backbones").names() == ["BulkNet"]
-        assert registry.get("backbones").lookup("BulkNet").dist == "bulk"
-    registry.reset()  # defaults made during the test use the test's manager ...
-    assert "BulkNet" in registry.get("backbones")
+    with session.use(registries=registry.Registries(discover=False, populate=selfsup_plugin_manager.register_components)):
+        assert session.get("backbones").names() == ["BulkNet"]
+        assert session.get("backbones").lookup("BulkNet").dist == "bulk"
+    assert "BulkNet" in session.get("backbones")  # the test's session takes the test's manager ...
 
 
 def test_after_the_fixture_the_defaults_are_clean():  # ... and are gone afterwards
-    from selfsup_core import registry
+    from selfsup_core import session
 
-    assert "BulkNet" not in registry.get("backbones")
+    assert "BulkNet" not in session.get("backbones")

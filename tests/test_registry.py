@@ -200,11 +200,13 @@ def test_environment_switches(selfsup_site, monkeypatch):
 
 
 def test_use_swaps_the_registries_in_use(selfsup_registries):
-    assert registry.current() is selfsup_registries
+    from selfsup_core import session
+
+    assert session.registries() is selfsup_registries
     other = registry.Registries(discover=False)
-    with registry.use(other):
-        assert registry.get("backbones") is other["backbones"]
-    assert registry.current() is selfsup_registries
+    with session.use(registries=other):
+        assert session.get("backbones") is other["backbones"]
+    assert session.registries() is selfsup_registries
 
 
 def test_installed_metadata_wins_over_a_stale_egg_info_earlier_on_the_path(tmp_path):

@@ -25,9 +25,9 @@ def owner_of(name: str) -> str:
     """The distribution that ships config ``name`` (of this folder): the one providing its
     ``model.type`` algorithm, as installed."""
     from selfsup_core.config import load_config
-    from selfsup_core.registry import current
+    from selfsup_core.session import registries
 
-    return current()["algorithms"].lookup(load_config(HERE / name).data["model"]["type"]).dist
+    return registries()["algorithms"].lookup(load_config(HERE / name).data["model"]["type"]).dist
 
 
 def folder_of(dist: str) -> Path:

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .. import registry as _registry
+from .. import session as _session
 from ..build import Builder
 from ..config import Config, KeyPath
 from ..errors import ConfigError, Problem, SelfSupError, describe_exception, did_you_mean
@@ -117,7 +118,7 @@ def select_evaluators(
     configured = evaluator_tables(config)
     if not names:
         return configured
-    registries = registries if registries is not None else _registry.current()
+    registries = registries if registries is not None else _session.registries()
     installed = registries["evaluators"].list()
     chosen = []
     for name in names:
@@ -377,7 +378,7 @@ def evaluate_checkpoint(
     from ..build import validate
 
     settings = read_eval_settings(config)
-    registries = registries if registries is not None else _registry.current()
+    registries = registries if registries is not None else _session.registries()
     runner = config.data.get("runner", {}) if isinstance(config.data.get("runner"), Mapping) else {}
     wanted = device or runner.get("device", "auto")
     info = dist.init_from_env(device_type_of(wanted))

@@ -134,9 +134,9 @@ def optimizer_class(name: str) -> Optional[type]:
     """The optimizer class called ``name``: a registered optimizer (entry-point group
     ``selfsup.optimizers``: the core's ``LARS``, or a plugin's), else a ``torch.optim`` class;
     None when neither has it."""
-    from .. import registry as _registry
+    from .. import session as _session
 
-    registered = _registry.current()["optimizers"]
+    registered = _session.registries()["optimizers"]
     if name in registered:
         return registered.lookup(name).load()
     found = getattr(torch.optim, name, None)
@@ -146,9 +146,9 @@ def optimizer_class(name: str) -> Optional[type]:
 
 
 def _known_optimizers() -> list[str]:
-    from .. import registry as _registry
+    from .. import session as _session
 
-    registered = _registry.current()["optimizers"].names()
+    registered = _session.registries()["optimizers"].names()
     return registered + sorted(n for n in dir(torch.optim) if n not in registered and optimizer_class(n) is not None)
 
 

@@ -142,9 +142,9 @@ def _compile(value: Any) -> str | None:
 
 def _runtime(value: Any) -> str | None:
     """A registered distributed runtime (``selfsup.runtimes``: ``ddp`` or a plugin's)."""
-    from .. import registry as _registry
+    from .. import session as _session
 
-    runtimes = _registry.current()["runtimes"]
+    runtimes = _session.registries()["runtimes"]
     if isinstance(value, str) and value not in runtimes:
         names = runtimes.names()
         return (f"unknown distributed runtime {value!r}{did_you_mean(value, names)}; installed: "

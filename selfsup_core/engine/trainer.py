@@ -24,6 +24,7 @@ from torch import nn
 from .. import __version__
 from .. import plugins as _plugins
 from .. import registry as _registry
+from .. import session as _session
 from ..build import Builder, build_hooks, validate
 from ..config import Config
 from ..errors import ConfigError, SelfSupError, describe_exception
@@ -78,6 +79,9 @@ class Trainer:
             when there is none) or None. A work dir that already holds a run is refused
             without it.
         device, deterministic, seed: override the config's values.
+        session: the plugins, registries and config preparation to use (default: the
+            process-wide :func:`selfsup_core.session.current`); ``registries`` and
+            ``plugin_manager`` replace one part of it.
         stream: where progress lines go (default stderr).
 
     Hooks receive this object as ``runner``: ``model`` (the algorithm, unwrapped),
@@ -99,10 +103,19 @@ class Trainer:
         seed: int | None = None,
         registries: _registry.Registries | None = None,
         plugin_manager: _plugins.PluginManager | None = None,
+        session: _session.Session | None = None,
         stream: Any = None,
     ) -> None:
-        self.plugin_manager = plugin_manager if plugin_manager is not None else _plugins.get_plugin_manager()
-        self.config = _plugins.prepare_config(config, self.plugin_manager)
+        if session is not None:
+            self.session = session
+        elif registries is None and plugin_manager is None:
+            self.session = _session.current()
+        else:
+            self.session = _session.Session(plugin_manager=plugin_manager or _session.plugin_manager(),
+                                            registries=registries or _session.registries())
+        self.plugin_manager = self.session.plugin_manager
+        self.registries = self.session.registries
+        self.config = self.session.prepare(config)
         self.settings: RunSettings = read_settings(config)
         if device is not None:
             self.settings.device = device
@@ -110,7 +123,6 @@ class Trainer:
             self.settings.deterministic = deterministic
         if seed is not None:
             self.settings.seed = seed
-        self.registries = registries if registries is not None else _registry.current()
         self.work_dir = Path(work_dir or self.settings.work_dir or Path("work_dirs") / Path(config.filename).stem)
         self.resume = resume
         self.stream = stream
@@ -286,7 +298,7 @@ class Trainer:
         resume = self.resume
         if resume is not None and resume != "auto":
             try:  # a file, or a reference a plugin's selfsup_resolve_checkpoint turns into one
-                resume = self.resume = _plugins.resolve_checkpoint(resume, "--resume", self.plugin_manager)
+                resume = self.resume = self.session.resolve_checkpoint(resume, "--resume")
             except SelfSupError as exc:
                 raise ckpt.CheckpointError(str(exc)) from None
         if self.dist.is_main:

@@ -16,6 +16,7 @@ import textwrap
 from typing import Any
 
 from .. import registry as _registry
+from .. import session as _session
 from ..errors import SelfSupError, did_you_mean
 
 
@@ -69,7 +70,7 @@ def describe(name: str, kind: str | None = None) -> list[dict[str, Any]]:
     no kind has it."""
     from ..build import accepted_parameters, annotations, type_text
 
-    registries = _registry.current()
+    registries = _session.registries()
     kinds = [_registry.canonical_kind(kind)] if kind else list(_registry.KINDS)
     dist, _, bare = name.rpartition(":")
     records = []

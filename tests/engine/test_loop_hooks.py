@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from selfsup_core import plugins as _plugins
+from selfsup_core.session import Session
 from selfsup_core.config import load_config
 from selfsup_core.engine import checkpoint as ckpt
 from selfsup_core.engine.trainer import Trainer
@@ -125,7 +126,7 @@ def test_process_config_runs_once_for_a_trainer_built_in_python(write_config, tm
     assert trainer.config.get("optimizer.lr") == 0.0125 and len(calls) == 1
     trainer.run()
     assert load_config(tmp_path / "run" / "config.toml").data["optimizer"]["lr"] == 0.0125
-    _plugins.prepare_config(config, manager)  # already processed: not again
+    Session(plugin_manager=manager).prepare(config)  # already processed: not again
     assert len(calls) == 1
 
 

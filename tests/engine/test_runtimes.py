@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from selfsup_core import registry
+from selfsup_core import registry, session
 from selfsup_core.config import load_config
 from selfsup_core.engine.runtimes import DDPRuntime
 from selfsup_core.engine.settings import read_settings
@@ -11,7 +11,7 @@ from selfsup_core.errors import ConfigError
 
 
 def test_ddp_is_the_registered_default_runtime():
-    runtimes = registry.current()["runtimes"]
+    runtimes = session.registries()["runtimes"]
     assert "ddp" in runtimes.names()
     assert runtimes.lookup("ddp").load() is DDPRuntime
     assert runtimes.lookup("ddp").dist == "selfsup-core"
@@ -28,8 +28,8 @@ def test_a_plugin_runtime_is_listed_and_accepted(selfsup_site, write_config):
     selfsup_site.add("acme-fsdp", entry_points={"selfsup.runtimes": {"fsdp2": "acme_fsdp:FSDP2Runtime"}},
                      modules={"acme_fsdp.py": "class FSDP2Runtime:\n    def __init__(self, model, *, device, settings):\n"
                                               "        self.module = model\n"})
-    with registry.use(selfsup_site.registries()):
-        assert registry.current()["runtimes"].names() == ["fsdp2"]  # this site's distributions only
+    with session.use(registries=selfsup_site.registries()):
+        assert session.registries()["runtimes"].names() == ["fsdp2"]  # this site's distributions only
         assert read_settings(load_config(write_config(), ['runner.distributed="fsdp2"'])).distributed == "fsdp2"
 
 
@@ -40,4 +40,4 @@ def test_trainer_kinds_are_not_config_components(write_config):
 
     config = load_config(write_config(), ['optimizer.type="LARS"'])
     validate(config)  # no "missing required argument 'params'"
-    assert registry.current()["optimizers"].lookup("LARS").dist == "selfsup-core"
+    assert session.registries()["optimizers"].lookup("LARS").dist == "selfsup-core"

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import selfsup_core.build
-from selfsup_core import cli, plugins, registry
+from selfsup_core import cli, registry, session
 from selfsup_core.errors import ConfigError
 from selfsup_example_plugin import TinyConvNet, VICReg, vicreg_loss
 
@@ -31,11 +31,11 @@ LOSS_KEYS = {"loss_invariance", "loss_variance", "loss_covariance"}
 @pytest.fixture
 def installed(monkeypatch: pytest.MonkeyPatch):
     """Registries discovering the installed plugins afresh, in use for the test (whatever an
-    earlier test left in ``selfsup_core.registry.current()`` does not matter)."""
+    earlier test left in ``selfsup_core.session.current()`` does not matter)."""
     for name in ("SELFSUP_DISABLE_PLUGIN_AUTOLOAD", "SELFSUP_DISABLE_PLUGINS"):
         monkeypatch.delenv(name, raising=False)
-    with registry.use(registry.Registries(populate=plugins.register_plugin_components)) as registries:
-        yield registries
+    with session.use(session.Session()) as current:
+        yield current.registries
 
 
 def small_vicreg(**kwargs) -> VICReg:

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, default_collate
 from torchvision.transforms import v2
 
-from selfsup_core import registry
+from selfsup_core import registry, session
 from selfsup_core.build import build
 from selfsup_core.errors import ConfigError
 from selfsup_data.datasets import (
@@ -291,7 +291,7 @@ def test_build_multi_view_through_core(write_idx):
         "num_views": [2],
         "pipelines": [[{"type": "TestCrop", "size": 6}, {"type": "TestToTensor"}]],
     }
-    transforms = registry.get("transforms")
+    transforms = session.get("transforms")
     with transforms.temporary("TestCrop", v2.RandomCrop), transforms.temporary("TestToTensor", v2.PILToTensor):
         ds = build(table, "datasets")
         assert isinstance(ds, MultiViewDataset) and len(ds) == 3
@@ -315,7 +315,7 @@ def test_build_multi_view_through_core(write_idx):
 
 @pytest.mark.filterwarnings("ignore:The transform `ToTensor\\(\\)` is deprecated")
 def test_build_with_registered_transforms(write_idx):
-    names = set(registry.get("transforms").names())
+    names = set(session.get("transforms").names())
     if not {"RandomResizedCrop", "ToTensor"} <= names:
         pytest.skip("selfsup-data transforms are not registered yet (RandomResizedCrop, ToTensor)")
     root = write_idx(sub="fm", size=8)["root"]

@@ -884,8 +884,9 @@ def installed_components() -> Callable[[str | None, str], bool]:
     path (``os:system``, ``pkg.mod.Class``) never does.
     """
     from selfsup_core.api import registry as _registry
+    from selfsup_core.api import session as _session
 
-    registries = _registry.current()
+    registries = _session.registries()
 
     def installed(kind: str | None, name: str) -> bool:
         kinds = [kind] if kind else list(_registry.KINDS)

@@ -5,7 +5,7 @@ import argparse
 import subprocess
 import sys
 
-from selfsup_core import plugins
+from selfsup_core import session
 from selfsup_core.cli import main, make_parser
 from selfsup_core.hookspecs import hookimpl
 
@@ -13,7 +13,7 @@ from selfsup_core.hookspecs import hookimpl
 def test_migrate_is_a_plugin_command_listed_in_help():
     done = subprocess.run([sys.executable, "-m", "selfsup_core.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "migrate " in done.stdout
-    manager = plugins.get_plugin_manager()
+    manager = session.plugin_manager()
     assert manager.get_plugin("migrate") is not None  # the selfsup.plugins entry point
     assert "selfsup_migrate.commands" in manager.get_plugin("migrate").__name__
 
@@ -28,7 +28,7 @@ def test_a_third_party_command_is_added_and_run(capsys):
             parser.add_argument("name")
             parser.set_defaults(selfsup_run=lambda args: calls.append(args) or 0)
 
-    manager = plugins.get_plugin_manager()
+    manager = session.plugin_manager()
     greeter = Greeter()
     manager.register(greeter)
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfsup_core import registry
+from selfsup_core import registry, session
 from selfsup_core._compat import tomllib
 from selfsup_core.cli import main
 from selfsup_core.engine.data import SeededSampler, build_loader
@@ -104,7 +104,7 @@ def test_a_cae_config_with_an_installed_cae_keeps_its_schedule(tmp_path, capsys)
         def __init__(self, backbone: object = None) -> None:
             super().__init__()
 
-    with registry.get("algorithms").temporary("CAE", CAE):
+    with session.get("algorithms").temporary("CAE", CAE):
         data, _ = migrate(capsys, source)
     assert data["model"]["type"] == "CAE"
     assert data["lr_config"]["policy"] == "StepFixCosineAnnealing"

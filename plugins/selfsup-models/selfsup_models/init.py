@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import attrs
 import torch
-from selfsup_core.api import WeightsError, read_state_dict, select_prefix
+from selfsup_core.api import SelfSupError, WeightsError, read_state_dict, resolve_checkpoint, select_prefix
 from torch import nn
 
 __all__ = ["INITIALIZERS", "BaseModule", "InitReport", "apply_init_cfg", "load_checkpoint_state_dict"]
@@ -237,32 +237,12 @@ def _apply_initializer(module: nn.Module, init_type: str, cfg: dict[str, Any], r
 
 
 def _resolve_checkpoint(uri: str) -> str:
-    path = os.path.expanduser(str(uri))
-    if os.path.isfile(path):
-        return path
-    answer = None
-    if "://" in path:
-        try:
-            from selfsup_core.api import get_plugin_manager
-
-            result = get_plugin_manager().hook.selfsup_resolve_checkpoint(uri=str(uri))
-            # the spec is firstresult: one answer or None (a list if a caller changed that)
-            if isinstance(result, list):
-                result = next((r for r in result if r is not None), None)
-            answer = None if result is None else os.fspath(result)
-        except ImportError:  # pragma: no cover - the core is a dependency
-            answer = None
-        if answer is None:
-            raise FileNotFoundError(
-                f"init_cfg Pretrained: no installed plugin resolves checkpoint {uri!r} to a local file "
-                "(nothing is downloaded; give a local path)"
-            )
-        if not os.path.isfile(answer):
-            raise FileNotFoundError(
-                f"init_cfg Pretrained: checkpoint {uri!r} resolved to {answer!r}, which does not exist"
-            )
-        return answer
-    raise FileNotFoundError(f"init_cfg Pretrained: checkpoint file not found: {path}")
+    """A local file for ``uri`` (through the session's ``selfsup_resolve_checkpoint`` hooks);
+    ``FileNotFoundError`` with one line when there is none."""
+    try:
+        return resolve_checkpoint(uri, "init_cfg Pretrained")
+    except SelfSupError as exc:
+        raise FileNotFoundError(str(exc)) from None
 
 
 def load_checkpoint_state_dict(

@@ -146,9 +146,9 @@ def test_pretrained_reports_missing_unexpected_and_mismatched(tmp_path):
 
 
 def test_pretrained_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"checkpoint file not found: .*nope\.pth"):
+    with pytest.raises(FileNotFoundError, match=r"^init_cfg Pretrained .*nope\.pth: no such checkpoint file"):
         apply_init_cfg(_net(), {"type": "Pretrained", "checkpoint": str(tmp_path / "nope.pth")})
-    with pytest.raises(FileNotFoundError, match="no installed plugin resolves checkpoint 'zoo://x'"):
+    with pytest.raises(FileNotFoundError, match="^init_cfg Pretrained zoo://x: no installed plugin resolves it"):
         apply_init_cfg(_net(), {"type": "Pretrained", "checkpoint": "zoo://x"})
     path = tmp_path / "c.pth"
     torch.save({"state_dict": {"backbone.w": torch.zeros(1)}}, path)
@@ -167,7 +167,7 @@ def test_pretrained_refuses_pickled_objects(tmp_path):
 
 def test_pretrained_through_resolve_checkpoint_hook(tmp_path):
     from selfsup_core.hookspecs import hookimpl
-    from selfsup_core.plugins import get_plugin_manager
+    from selfsup_core.session import plugin_manager as get_plugin_manager
 
     src = _net()
     path = tmp_path / "zoo.pth"

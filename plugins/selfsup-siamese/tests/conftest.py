@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from selfsup_core import plugins, registry
+from selfsup_core import session
 from selfsup_data.testing import config_on_npz
 
 CONFIGS = Path(__file__).resolve().parents[3] / "examples" / "configs"
@@ -28,8 +28,8 @@ def installed(monkeypatch: pytest.MonkeyPatch):
     """Registries discovering the installed plugins afresh, in use for the test."""
     for name in ("SELFSUP_DISABLE_PLUGIN_AUTOLOAD", "SELFSUP_DISABLE_PLUGINS"):
         monkeypatch.delenv(name, raising=False)
-    with registry.use(registry.Registries(populate=plugins.register_plugin_components)) as registries:
-        yield registries
+    with session.use(session.Session()) as current:
+        yield current.registries
 
 
 @pytest.fixture(scope="session")
