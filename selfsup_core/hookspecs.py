@@ -127,6 +127,22 @@ def selfsup_resolve_checkpoint(uri: str) -> str | None:
     """
 
 
+@hookspec(firstresult=True)
+def selfsup_resident_data(runner: Runner, memory: int | None) -> tuple[Any, Any, str] | str | None:
+    """Feed the run from the training set held on the device, instead of a DataLoader.
+
+    Called once in the trainer's set-up when ``[data] resident`` is true or ``"auto"`` (not
+    for ``"auto"`` on a CPU with loader workers). ``runner`` exposes ``config``, ``settings``
+    (``resident``, ``resident_memory_share``, ``samples_per_gpu`` ...), ``dataset``,
+    ``device``, ``rank`` and ``world_size``; ``memory`` is the number of bytes to measure the
+    set against (None: the device's own). Return ``(batches, sampler, description)``, where
+    ``batches`` yields already augmented batches and ``description`` is the start-up line's
+    ``data:`` text; or a one-line reason why this training set cannot be resident (the run
+    then uses a DataLoader, or stops with it when ``resident = true``); or None when the
+    implementation does not handle it. The first non-None answer wins.
+    """
+
+
 @hookspec
 def selfsup_before_run(runner: Runner) -> None:
     """Called once after the model, data and optimizer are built, before the first epoch
