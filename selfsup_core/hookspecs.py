@@ -115,7 +115,8 @@ class ConvertedBackbone(NamedTuple):
     the result, JSON-able; for ``export`` the report's ``target`` table (``library``,
     ``arch``, ``exact``, ``shape_differences`` ...), for ``import`` at least ``dialect`` (a
     short name of the layout found, e.g. ``"resnet"``, ``"torchvision-vit"``) and ``arch``
-    where known. ``dropped``: the keys left out, as ``{"keys", "count", "reason"}`` rows.
+    where known; a ``note`` (one line) is printed under the export report as it is.
+    ``dropped``: the keys left out, as ``{"keys", "count", "reason"}`` rows.
     """
 
     state: dict[str, torch.Tensor]

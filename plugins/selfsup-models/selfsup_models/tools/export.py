@@ -217,7 +217,9 @@ def format_export_report(report: dict[str, Any]) -> str:
              f"{report['prefix']!r} of {report['checkpoint']}{where}",
              f"  -> {report['out']} ({report['format']}, {names})"]
     target = report["target"]
-    if target.get("arch") == "TimmBackbone":
+    if target.get("note"):  # a conversion that describes itself (selfsup_convert_backbone)
+        lines.append(f"  {target['note']}")
+    elif target.get("arch") == "TimmBackbone":
         lines.append("  a TimmBackbone: timm's own key names; load into timm.create_model(<its model_name>, "
                      "num_classes=0) with strict=True")
     elif target.get("arch") and report["to"] in ("torchvision", "timm") and target["arch"] != "VisionTransformer":
