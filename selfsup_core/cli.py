@@ -23,14 +23,11 @@ from . import registry as _registry
 from . import session as _session
 from .errors import SelfSupError, describe_exception, unwrap_worker_message
 
-# Tool commands: each is ``selfsup_core.tools.<module>.run(args) -> int``, imported when used.
+# Tool commands: each is ``selfsup_core.tools.<module>.run(args) -> int``, imported when used
+# (export, import-weights, export-hub and count-params come from selfsup-models, plot-log from
+# selfsup-trackers, through the selfsup_register_commands hook).
 TOOLS = {
-    "export": "export",
-    "import-weights": "export",
-    "plot-log": "plot_log",
-    "count-params": "count_params",
     "show": "describe",
-    "export-hub": "export_hub",
 }
 EXIT_USAGE = 2
 
@@ -145,55 +142,6 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _add_tool_parsers(commands: Any) -> None:
-    export = commands.add_parser(
-        "export", help="write the backbone weights of a training checkpoint (online encoder) for downstream code"
-    )
-    export.add_argument("checkpoint", metavar="CKPT", help="a training checkpoint (ours, MMSelfSup or OpenSelfSup) or a work dir (its latest)")
-    export.add_argument("out", metavar="OUT", help="the weights file to write (.pth or .safetensors)")
-    export.add_argument("--format", choices=("pth", "safetensors"),
-                        help="file format (default: from OUT's suffix, else pth)")
-    export.add_argument("--to", choices=("raw", "torchvision", "timm"), default="raw",
-                        help="key names: raw (the backbone's own), torchvision or timm (checked; default raw)")
-    export.add_argument("--prefix", metavar="P",
-                        help="the backbone's key prefix in CKPT (default: found, e.g. 'backbone.', 'encoder_q.0.')")
-    export.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    export.add_argument("--hash", action="store_true",
-                        help="append the first 8 hex digits of the file's SHA-256 to its name (torch.hub's check_hash)")
-    export.add_argument("--fallback", action="store_true",
-                        help="if CKPT is damaged, export the newest intact epoch_N.pth of its folder instead (said so)")
-    export.add_argument("--json", action="store_true", help="print the report as JSON")
-
-    imported = commands.add_parser(
-        "import-weights", help="turn torchvision/timm/mmcls weights into a backbone checkpoint for init_cfg Pretrained"
-    )
-    imported.add_argument("weights", metavar="WEIGHTS", help="a .pth/.pt/.bin or .safetensors state dict")
-    imported.add_argument("out", metavar="OUT", help="the backbone checkpoint to write (.pth or .safetensors)")
-    imported.add_argument("--from", dest="source", choices=("auto", "torchvision", "timm", "mmcls"), default="auto",
-                          help="the key-name dialect of WEIGHTS (default: auto)")
-    imported.add_argument("--format", choices=("pth", "safetensors"),
-                          help="file format (default: from OUT's suffix, else pth)")
-    imported.add_argument("--prefix", metavar="P", help="keep only keys under P and strip it (e.g. 'backbone.')")
-    imported.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    imported.add_argument("--json", action="store_true", help="print the report as JSON")
-
-    plot = commands.add_parser("plot-log", help="plot loss, lr and kNN accuracy curves of a run's metrics log (PNG)")
-    plot.add_argument("work_dir", metavar="WORK_DIR", help="a run's work dir (or its metrics.jsonl)")
-    plot.add_argument("-o", "--out", metavar="OUT", help="the PNG (default: WORK_DIR/curves.png)")
-
-    count = commands.add_parser("count-params", help="count the parameters of CONFIG's model, per component")
-    add_config_arguments(count)
-    count.add_argument("--depth", type=int, default=1, metavar="N", help="module-tree depth of the table (default 1)")
-    count.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-    hub = commands.add_parser("export-hub", help="a folder for a model hub: torch.export program, safetensors, "
-                                                 "config, model card (ONNX if onnx is installed)")
-    hub.add_argument("checkpoint", metavar="CKPT", help="a training checkpoint or a work dir (its latest)")
-    hub.add_argument("out_dir", metavar="OUT_DIR", help="the folder to write")
-    hub.add_argument("--input-size", type=int, metavar="S", help="image side of the example input (default: the config's)")
-    hub.add_argument("--force", action="store_true", help="write into an existing non-empty OUT_DIR")
-    hub.add_argument("--no-onnx", action="store_true", help="skip backbone.onnx even where onnx is installed")
-    hub.add_argument("--json", action="store_true", help="print the report as JSON")
-
     show = commands.add_parser("show", help="a component's arguments with types, defaults and docs")
     show.add_argument("name", metavar="NAME", help="a component name (a config's type), e.g. ResNet or selfsup-models:ResNet")
     show.add_argument("--kind", metavar="KIND", help=f"only this kind: {', '.join(_registry.KINDS)}")
@@ -300,7 +248,6 @@ def _train(args: argparse.Namespace) -> int:
 
     preflight(config)  # every problem of the config in one round, before anything is built
     if not args.check:
-        from .engine.settings import read_settings
         from .engine.trainer import Trainer
 
         result = Trainer(
@@ -312,7 +259,9 @@ def _train(args: argparse.Namespace) -> int:
             seed=args.seed,
         ).run()
         if result["rank"] == 0:  # one summary (and one plot) per run, not one per process
-            summary = run_summary(result, plot_setting=read_settings(config).plot)
+            rows = _plugins.get_plugin_manager().hook.selfsup_after_training(
+                config=config, work_dir=Path(result["work_dir"]), result=result)
+            summary = run_summary(result, rows=[row for found in rows for row in found or ()])
             print(summary)
             from .engine.runlog import append_to_run_log
 
@@ -342,14 +291,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_summary(result: dict[str, Any], *, plot_setting: bool | str = "auto") -> str:
-    """What a finished training run prints: its last evaluation and where its files are.
-    Draws the curves (``[log_config] plot``; "auto": when matplotlib is installed) first."""
+def run_summary(result: dict[str, Any], *, rows: Sequence[tuple[str, str]] = ()) -> str:
+    """What a finished training run prints: its last evaluation and where its files are;
+    ``rows``: ``(label, text)`` lines the ``selfsup_after_training`` hooks added (selfsup-trackers:
+    the curves), printed after the metrics file."""
     from .engine.evaluation import format_results
     from .engine.logger import METRICS_FILE, format_duration
 
     work_dir = Path(result["work_dir"])
-    plot, plot_note = _plot_curves(work_dir, plot_setting)
     lines = [f"done: epoch {result['epoch']}, iteration {result['iter']} "
              f"in {format_duration(result.get('seconds', float('nan')))}"]
     evaluation = result.get("eval")
@@ -359,26 +308,9 @@ def run_summary(result: dict[str, Any], *, plot_setting: bool | str = "auto") ->
         lines.append(f"  evaluation after epoch {evaluation['epoch']}: {format_results(scores)}")
     lines += [f"  checkpoint  {result['checkpoint']}   (backbone weights: selfsup-run export {work_dir} backbone.pth)",
               f"  metrics     {work_dir / METRICS_FILE}",
-              f"  curves      {plot}" if plot else f"  curves      not drawn: {plot_note}",
+              *(f"  {label:<12}{text}" for label, text in rows),
               f"  config      {work_dir / 'config.toml'}"]
     return "\n".join(lines)
-
-
-def _plot_curves(work_dir: Path, setting: bool | str) -> tuple[Path | None, str]:
-    """The run's curves PNG, or None and why not; a failure to plot is reported, never
-    raised (the run is trained and saved)."""
-    if setting is False:
-        return None, "[log_config] plot = false"
-    from .tools.plot_log import plot_run
-
-    try:
-        path, _ = plot_run(work_dir)
-    except Exception as exc:  # noqa: BLE001
-        text = describe_exception(exc).splitlines()[0]
-        if "matplotlib" in text:
-            return None, "matplotlib is not installed (pip install matplotlib; then selfsup-run plot-log WORK_DIR)"
-        return None, text
-    return path, ""
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -24,7 +24,8 @@ list`` and ``--help``, which do not import torch.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import pluggy
 
@@ -104,6 +105,62 @@ def selfsup_register_commands(commands: argparse._SubParsersAction) -> None:
     Called every time the command line is parsed, ``--help`` included: import nothing heavy
     here, import the implementation inside ``run``. ``selfsup_core.api.add_config_arguments``
     adds the usual ``CONFIG --cfg-options ... --allow-import-paths`` arguments.
+    """
+
+
+class ConvertedBackbone(NamedTuple):
+    """What a ``selfsup_convert_backbone`` implementation returns.
+
+    ``state``: the converted backbone state dict. ``details``: what the command reports about
+    the result, JSON-able; for ``export`` the report's ``target`` table (``library``,
+    ``arch``, ``exact``, ``shape_differences`` ...), for ``import`` at least ``dialect`` (a
+    short name of the layout found, e.g. ``"resnet"``, ``"torchvision-vit"``) and ``arch``
+    where known; a ``note`` (one line) is printed under the export report as it is.
+    ``dropped``: the keys left out, as ``{"keys", "count", "reason"}`` rows.
+    """
+
+    state: dict[str, torch.Tensor]
+    details: dict[str, Any]
+    dropped: Sequence[dict[str, Any]] = ()
+
+
+@hookspec(firstresult=True)
+def selfsup_convert_backbone(
+    state: Mapping[str, torch.Tensor],
+    direction: Literal["export", "import"],
+    layout: str,
+    backbone: Mapping[str, Any] | None,
+) -> ConvertedBackbone | None:
+    """Convert a backbone state dict between selfsup's key names and another library's.
+
+    Called by ``selfsup-run export --to LAYOUT`` (``direction="export"``: ``state`` has the
+    backbone's own key names, ``layout`` is the target, ``"torchvision"`` or ``"timm"``) and
+    by ``selfsup-run import-weights --from LAYOUT`` (``direction="import"``: ``state`` is the
+    other library's weights, ``layout`` is the source, ``"torchvision"``, ``"timm"``,
+    ``"mmcls"`` or ``"auto"``: any layout the implementation recognises). ``backbone`` is the
+    ``[model.backbone]`` table that built the weights (``type`` and arguments) when the run's
+    config is known, else ``None``: recognise the backbone by its key names then.
+
+    Return a :class:`ConvertedBackbone`, or ``None`` when this implementation does not handle
+    this backbone or layout (the next one is tried; the first non-``None`` answer wins).
+    Raise :class:`~selfsup_core.errors.SelfSupError` (one line) when the backbone is yours
+    but cannot be converted (e.g. a ResNet variant torchvision has no model for). When no
+    implementation answers, the command stops with one line saying so. Each backbone family
+    provides its own implementation (selfsup-models: ResNet, ViT, TimmBackbone); import
+    torch inside the function, not at module level.
+    """
+
+
+@hookspec
+def selfsup_after_training(config: Config, work_dir: Path, result: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """Called by ``selfsup-run`` (the command, not a ``Trainer`` built from Python) once after
+    a training run finished without an exception, in the main process only, before the run's
+    summary is printed. ``config`` is the run's config, ``work_dir`` its work dir and
+    ``result`` what ``Trainer.run()`` returned (``epoch``, ``iter``, ``checkpoint``, ``eval``
+    ...). Return rows ``(label, text)`` to add to the summary (e.g. ``("curves",
+    "work_dirs/x/curves.png")``), or ``None``. Must not raise for a failure of its own
+    (the run is trained and saved): report it in the row instead. selfsup-trackers draws the
+    run's curves here (``[log_config] plot``).
     """
 
 

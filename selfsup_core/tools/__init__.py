@@ -1,3 +1,5 @@
-"""``selfsup-run`` tool commands of the core: export and import backbone weights, plot a run's
-curves, count parameters (``migrate`` comes from the selfsup-migrate plugin). Each module has
-``run(args) -> int`` (``args``: the parsed command line); none imports torch at import time."""
+"""``selfsup-run`` helpers that stay in the core: ``show`` (:mod:`.describe`, registry
+introspection) and the data paths ``--check`` names (:mod:`.data_paths`). The other commands
+come from plugins through the ``selfsup_register_commands`` hook: ``export``,
+``import-weights``, ``export-hub``, ``count-params`` (selfsup-models), ``plot-log``
+(selfsup-trackers), ``migrate`` (selfsup-migrate)."""

@@ -19,7 +19,7 @@ from selfsup_core.config import load_config
 from selfsup_core.engine import checkpoint as ckpt
 from selfsup_core.engine.checksum import ChecksumMismatch, add_checksum, state_digest, verify_checksum
 from selfsup_core.engine.trainer import Trainer
-from selfsup_core.tools.weights import WeightsError, read_state_dict
+from selfsup_core.engine.weights_io import WeightsError, read_state_dict
 
 EVALUATION = """
 [evaluation]

@@ -12,7 +12,7 @@ from selfsup_core.build import build_model
 from selfsup_core.config import load_config
 from selfsup_core.engine.checkpoint import atomic_save
 from selfsup_core.testing import run_selfsup
-from selfsup_core.tools import safetensors_io
+from selfsup_core.api import load_safetensors
 from selfsup_models.backbones.resnet import ResNet
 from torch import nn
 
@@ -63,7 +63,7 @@ def test_exported_resnet50_loads_into_torchvision_with_identical_features(
     assert done.returncode == 0, done.stderr
     assert "matches torchvision resnet50 key for key and shape for shape" in done.stdout
     assert "dropped encoder_k.*" in done.stdout and "momentum (key) encoder copy" in done.stdout
-    weights = safetensors_io.load_file(out) if suffix == ".safetensors" else torch.load(out, weights_only=True)
+    weights = load_safetensors(out) if suffix == ".safetensors" else torch.load(out, weights_only=True)
     x = torch.randn(2, 3, 96, 96)
     exported = _torchvision_features(weights, "resnet50", x)
     torch.testing.assert_close(exported, _pooled(model.backbone, x), rtol=0, atol=1e-5)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from selfsup_core.engine.checkpoint import atomic_save
 from selfsup_core.testing import run_selfsup
-from selfsup_core.tools import safetensors_io
+from selfsup_core.api import load_safetensors, save_safetensors
 from selfsup_models.backbones.vision_transformer import VisionTransformer
 
 timm_vit = pytest.importorskip("timm.models.vision_transformer")
@@ -30,7 +30,7 @@ def _cls_token(ours: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
 def test_timm_vit_weights_import_with_identical_features(tmp_path: Path) -> None:
     torch.manual_seed(0)
     reference = _timm(num_classes=10)
-    safetensors_io.save_file(reference.state_dict(), tmp_path / "model.safetensors")
+    save_safetensors(reference.state_dict(), tmp_path / "model.safetensors")
     done = run_selfsup("import-weights", tmp_path / "model.safetensors", tmp_path / "vit.pth", "--from", "timm")
     assert done.returncode == 0, done.stderr
     assert "a ViT with timm key names" in done.stdout and "dropped head.* (2 tensors)" in done.stdout
@@ -52,7 +52,7 @@ def test_our_vit_exports_to_timm_with_identical_features(tmp_path: Path) -> None
     assert done.returncode == 0, done.stderr
     assert "matches timm's VisionTransformer" in done.stdout
     target = _timm()
-    target.load_state_dict(safetensors_io.load_file(tmp_path / "vit.safetensors"), strict=True)
+    target.load_state_dict(load_safetensors(tmp_path / "vit.safetensors"), strict=True)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = target.forward_features(x)[:, 0]
@@ -65,7 +65,7 @@ def test_timm_backbone_takes_timm_checkpoints_and_exports_them_back(tmp_path: Pa
 
     torch.manual_seed(2)
     reference = timm.create_model("mobilenetv3_small_050", num_classes=7).eval()
-    safetensors_io.save_file(reference.state_dict(), tmp_path / "model.safetensors")  # as the hub has it
+    save_safetensors(reference.state_dict(), tmp_path / "model.safetensors")  # as the hub has it
     ours = TimmBackbone("mobilenetv3_small_050",
                         init_cfg={"type": "Pretrained", "checkpoint": str(tmp_path / "model.safetensors")})
     x = torch.randn(2, 3, 64, 64)

@@ -23,9 +23,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from selfsup_core.api import WeightsError, core_version
+
+from ..layouts import convert_backbone
 from . import weights as W
-from .weights import WeightsError
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,18 +63,18 @@ def export_backbone(
     one line. ``fallback``: then export the newest intact ``epoch_N.pth`` of its folder
     instead; the report's ``fallback_from`` names the damaged file and why it was skipped.
 
-    ``to``: ``raw`` (the backbone's own key names), ``torchvision`` (ResNets and ViTs; checked
-    against torchvision's models, the classifier ``fc`` is left out, ViT keys renamed) or ``timm`` (ResNets
-    and ViTs; checked against timm's models where timm is installed). ``prefix``: where the
-    backbone's keys are (default: :data:`~selfsup_core.tools.weights.BACKBONE_PREFIXES`,
+    ``to``: ``raw`` (the backbone's own key names), ``torchvision`` or ``timm``: converted by
+    the ``selfsup_convert_backbone`` hook (selfsup-models: ResNets and ViTs, checked against
+    those libraries' models; the classifier ``fc`` is left out, ViT keys renamed). ``prefix``: where the
+    backbone's keys are (default: :data:`~selfsup_models.tools.weights.BACKBONE_PREFIXES`,
     the first present; a file with none of them is taken as a bare backbone). ``with_hash``:
     name the file ``<stem>-<sha256[:8]><suffix>`` as torchvision's releases are.
     """
     checkpoint, out = Path(checkpoint), Path(out)
     if checkpoint.is_dir():
-        from ..engine.checkpoint import find_latest
+        from selfsup_core.api import find_latest_checkpoint
 
-        found = find_latest(checkpoint)
+        found = find_latest_checkpoint(checkpoint)
         if found is None:
             raise WeightsError(f"{checkpoint}: a folder without latest.pth or epoch_*.pth; give a checkpoint file")
         checkpoint = found
@@ -93,16 +94,16 @@ def export_backbone(
     }
     if fallback_from is not None:
         report["fallback_from"] = fallback_from
-    kept, report["target"], converted_drops = _convert(kept, to)
+    backbone = _run_backbone_table(checkpoint) if prefix == "backbone." else None
+    kept, report["target"], converted_drops = _convert(kept, to, backbone)
     dropped += converted_drops
     if not kept:
         raise WeightsError(f"{checkpoint}: nothing is left to export under prefix {prefix!r}")
     report.update(kept=len(kept), parameters=W.count_parameters(kept), dropped=dropped)
-    backbone = _run_backbone_table(checkpoint) if prefix == "backbone." else None
     if backbone is not None:
         report["backbone_config"] = backbone
     metadata = {"format": "pt", "source": checkpoint.name, "prefix": prefix, "key_names": to,
-                "selfsup_version": __version__}
+                "selfsup_version": core_version}
     if backbone is not None:
         metadata["backbone_config"] = json.dumps(backbone)
     if report["target"].get("arch"):
@@ -124,7 +125,7 @@ def _read_checkpoint(checkpoint: Path, fallback: bool) -> tuple[W.StateDict, dic
         return state, meta, checkpoint, []
     except WeightsError as exc:
         first = exc
-    from ..engine.checkpoint import list_epoch_checkpoints
+    from selfsup_core.api import list_epoch_checkpoints
 
     older = [p for p in reversed(list_epoch_checkpoints(checkpoint.parent)) if p != checkpoint]
     if not fallback:
@@ -179,8 +180,7 @@ def _append_hash(out: Path, force: bool) -> tuple[str, str]:
 def _run_backbone_table(checkpoint: Path) -> dict[str, Any] | None:
     """The ``[model.backbone]`` table of the run that wrote ``checkpoint`` (its work dir's
     ``config.toml``, which the trainer writes), or None: what builds the exported weights."""
-    from ..config import read_toml
-    from ..errors import ConfigError
+    from selfsup_core.api import ConfigError, read_toml
 
     config = checkpoint.parent / "config.toml"
     if not config.is_file():
@@ -192,93 +192,15 @@ def _run_backbone_table(checkpoint: Path) -> dict[str, Any] | None:
     return dict(backbone) if isinstance(backbone, dict) else None
 
 
-def _convert(state: W.StateDict, to: str) -> tuple[W.StateDict, dict[str, Any], list[dict[str, Any]]]:
-    """Check (and trim) a backbone state dict for ``to``: ``(state, target report, drops)``."""
-    drops: list[dict[str, Any]] = []
+def _convert(state: W.StateDict, to: str, backbone: dict[str, Any] | None = None
+             ) -> tuple[W.StateDict, dict[str, Any], list[dict[str, Any]]]:
+    """Check (and trim) a backbone state dict for ``to``: ``(state, target report, drops)``;
+    ``torchvision`` / ``timm`` through the ``selfsup_convert_backbone`` hook (``backbone``: the
+    run's ``[model.backbone]`` table when known)."""
     if to == "raw":
-        return state, {"library": None}, drops
-    wrapped = all(k.startswith(TIMM_BACKBONE_PREFIX) for k in state)
-    if wrapped:  # a TimmBackbone: timm's own names under timm_model.
-        state = {k[len(TIMM_BACKBONE_PREFIX):]: v for k, v in state.items()}
-        if to == "timm" and not (W.is_resnet(state) or W.is_vit(state)):
-            return state, {"library": "timm", "arch": "TimmBackbone"}, drops
-    if W.is_resnet(state):
-        fc = [k for k in state if k.startswith("fc.")]
-        if fc:
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            drops.append({"keys": "fc.*", "count": len(fc), "reason": W.drop_reason("fc")})
-        match = W.match_torchvision_resnet(state)
-        target = {"library": to, **match}
-        if to == "timm":
-            target["checked_with_timm"] = _check_timm_resnet(state, match["arch"])
-        return state, target, drops
-    if W.is_vit(state):
-        extra = W.timm_vit_differences(state)
-        if extra:
-            state = {k: v for k, v in state.items() if k not in extra}
-            drops.append({"keys": ", ".join(extra), "count": len(extra),
-                          "reason": f"masked-image-modelling token; {to}'s VisionTransformer has none"})
-        if to == "timm":
-            return state, {"library": "timm", "arch": "VisionTransformer", **_check_timm_vit(state)}, drops
-        converted = W.vit_to_torchvision(state)
-        return converted.pop("state"), {"library": "torchvision", **converted}, drops
-    sample = ", ".join(list(state)[:3])
-    raise WeightsError(f"--to {to}: this backbone is not a ResNet or ViT (keys {sample}, ...), so it has no {to} "
-                       "key mapping; use --to raw")
-
-
-#: Where :class:`TimmBackbone` keeps the timm model; its keys below are timm's own.
-TIMM_BACKBONE_PREFIX = "timm_model."
-
-
-def _check_timm_resnet(state: W.StateDict, arch: str) -> bool | None:
-    """Whether timm's ``arch`` has exactly these key names (None: timm is not installed)."""
-    try:
-        import timm
-        import torch
-    except ImportError:
-        return None
-    with torch.device("meta"):
-        names = {k for k in timm.create_model(arch, pretrained=False).state_dict() if not k.startswith("fc.")}
-    if names != set(state):
-        raise WeightsError(f"--to timm: timm's {arch} has other key names than this backbone "
-                           f"(first differences: {', '.join(sorted(names ^ set(state))[:4])})")
-    return True
-
-
-def _check_timm_vit(state: W.StateDict) -> dict[str, Any]:
-    """Build timm's ``VisionTransformer`` with this state dict's sizes (meta device) and
-    compare key names and shapes; ``{"checked_with_timm": None}`` without timm."""
-    try:
-        import torch
-        from timm.models.vision_transformer import VisionTransformer
-    except ImportError:
-        return {"checked_with_timm": None}
-    proj = state["patch_embed.proj.weight"]
-    embed, in_chans, patch = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
-    has_cls = "cls_token" in state
-    tokens = int(state["pos_embed"].shape[1]) if "pos_embed" in state else 0
-    grid = int(round((tokens - int(has_cls)) ** 0.5))
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    hidden = int(state["blocks.0.mlp.fc1.weight"].shape[0])
-    with torch.device("meta"):
-        reference = VisionTransformer(
-            img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=embed, depth=depth, num_heads=1,
-            mlp_ratio=hidden / embed, qkv_bias="blocks.0.attn.qkv.bias" in state, class_token=has_cls,
-            global_pool="token" if has_cls else "avg", num_classes=0,
-            fc_norm=False if has_cls else None,
-        ).state_dict()
-    missing = sorted(set(reference) - set(state))
-    unexpected = sorted(set(state) - set(reference))
-    shapes = [f"{k}: {tuple(state[k].shape)} here, {tuple(v.shape)} in timm" for k, v in reference.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
-        raise WeightsError("--to timm: timm's VisionTransformer does not take these weights as they are: "
-                           + "; ".join(p for p in (f"missing {', '.join(missing[:4])}" if missing else "",
-                                                   f"unexpected {', '.join(unexpected[:4])}" if unexpected else "",
-                                                   "; ".join(shapes[:2])) if p))
-    return {"checked_with_timm": True, "exact": True, "img_size": grid * patch, "patch_size": patch,
-            "embed_dim": embed, "depth": depth}
+        return state, {"library": None}, []
+    converted = convert_backbone(state, "export", to, backbone)
+    return dict(converted.state), dict(converted.details), list(converted.dropped)
 
 
 def format_export_report(report: dict[str, Any]) -> str:
@@ -295,7 +217,9 @@ def format_export_report(report: dict[str, Any]) -> str:
              f"{report['prefix']!r} of {report['checkpoint']}{where}",
              f"  -> {report['out']} ({report['format']}, {names})"]
     target = report["target"]
-    if target.get("arch") == "TimmBackbone":
+    if target.get("note"):  # a conversion that describes itself (selfsup_convert_backbone)
+        lines.append(f"  {target['note']}")
+    elif target.get("arch") == "TimmBackbone":
         lines.append("  a TimmBackbone: timm's own key names; load into timm.create_model(<its model_name>, "
                      "num_classes=0) with strict=True")
     elif target.get("arch") and report["to"] in ("torchvision", "timm") and target["arch"] != "VisionTransformer":
@@ -321,7 +245,7 @@ def format_export_report(report: dict[str, Any]) -> str:
     for drop in report["dropped"]:
         lines.append(f"  dropped {drop['keys']} ({_tensors(drop['count'])}): {drop['reason']}")
     if report.get("backbone_config"):
-        from ..config import dump_toml
+        from selfsup_core.api import dump_toml
 
         text = dump_toml({"model": {"backbone": report["backbone_config"]}}).strip()
         table = text.removeprefix("[model]").strip().replace("\n", "\n    ")
@@ -361,50 +285,20 @@ def import_weights(
         state, others = W.select_prefix(state, prefix, str(weights))
         dropped += [{"keys": f"{g}.*", "count": len(k), "reason": "not under the backbone prefix " + repr(prefix)}
                     for g, k in others.items()]
-    dialect = _dialect(state, source)
-    if dialect == "torchvision-vit":
-        heads = [k for k in state if k.startswith("heads.")]
-        if heads:
-            dropped.append({"keys": "heads.*", "count": len(heads), "reason": "classifier (the backbone has none)"})
-        state = W.vit_from_torchvision(state)
-    classifier = {"resnet": ("fc.",), "timm-vit": ("head.", "head_dist."), "mmcls-vit": ("head.",)}.get(dialect, ())
-    removed = [k for k in state if k.startswith(classifier)] if classifier else []
-    if removed:
-        state = {k: v for k, v in state.items() if k not in removed}
-        dropped.append({"keys": ", ".join(sorted({k.rsplit(".", 1)[0] + ".*" for k in removed})),
-                        "count": len(removed), "reason": "classifier (the backbone has none)"})
+    converted = convert_backbone(state, "import", source, None, required=source != "auto")
+    details: dict[str, Any] = {"dialect": "other"}
+    if converted is not None:  # else weights of an architecture no plugin knows: written as they are
+        state, details = dict(converted.state), dict(converted.details)
+        dropped += converted.dropped
     if not state:
         raise WeightsError(f"{weights}: nothing is left after dropping the classifier")
+    dialect = details.pop("dialect")
     report: dict[str, Any] = {"weights": str(weights), "out": str(out), "format": fmt, "dialect": dialect,
                               "prefix": prefix or "", "kept": len(state), "parameters": W.count_parameters(state),
-                              "dropped": dropped}
-    if dialect == "resnet":
-        try:
-            report["arch"] = W.match_torchvision_resnet(state)["arch"]
-        except WeightsError:
-            report["arch"] = None
+                              "dropped": dropped, **details}
     W.write_state_dict(state, out, fmt, {"format": "pt", "source": weights.name, "dialect": dialect,
-                                        "selfsup_version": __version__})
+                                        "selfsup_version": core_version})
     return report
-
-
-def _dialect(state: W.StateDict, source: str) -> str:
-    """``resnet``, ``timm-vit``, ``torchvision-vit``, ``mmcls-vit`` or ``other``; ``source`` only checks it."""
-    if W.is_resnet(state):
-        found = "resnet"
-    elif W.is_vit(state):
-        found = "timm-vit"
-    elif W.is_torchvision_vit(state):
-        found = "torchvision-vit"
-    elif "patch_embed.projection.weight" in state:
-        found = "mmcls-vit"
-    else:
-        found = "other"
-    expected = {"torchvision": ("resnet", "torchvision-vit"), "timm": ("resnet", "timm-vit"), "mmcls": ("resnet", "mmcls-vit")}
-    if source != "auto" and found not in expected[source]:
-        raise WeightsError(f"--from {source}: these weights do not look like {source} ones (keys "
-                           f"{', '.join(list(state)[:3])}, ...); try --from auto")
-    return found
 
 
 def format_import_report(report: dict[str, Any]) -> str:

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from selfsup_core.cli import main
-from selfsup_core.config import load_config
-from selfsup_core.engine.trainer import Trainer
+from selfsup_core.api import Trainer, load_config
+from selfsup_core.api import cli_main as main
 
 pytest.importorskip("selfsup_data")
 from selfsup_data.testing import SMALL_RUN_VALUES, config_on_npz, fashion_mnist_npz  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 QUICK_START = ROOT / "examples" / "configs" / "simclr_resnet18-w16_1xb128-coslr-3e_fashion-mnist.toml"
 
 FRESH = """
@@ -61,7 +60,7 @@ def test_export_hub_loads_with_torch_only(work_dir: Path, tmp_path: Path, capsys
     assert "SimCLR ResNet backbone" in card and "base_channels=16" in card and "last training loss" in card
 
     # the features the selfsup backbone computes, for the fresh process to match
-    from selfsup_core.tools.weights import read_state_dict
+    from selfsup_core.api import read_state_dict
     from selfsup_models import build_backbone
 
     backbone = build_backbone("ResNet", depth=18, in_channels=1, stem_type="cifar", out_indices=[4],
@@ -95,8 +94,8 @@ def test_a_timm_architecture_also_gets_timm_files(tmp_path: Path) -> None:
     """A standard ResNet-18 backbone: timm.safetensors + config.json load into timm's resnet18
     (num_classes=0) and give the backbone's features."""
     timm = pytest.importorskip("timm")
-    from selfsup_core.tools.export_hub import export_hub
-    from selfsup_core.tools.safetensors_io import load_file
+    from selfsup_core.api import load_safetensors as load_file
+    from selfsup_models.tools.export_hub import export_hub
     from selfsup_models import build_backbone
 
     torch.manual_seed(0)

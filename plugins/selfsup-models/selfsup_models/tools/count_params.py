@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from ..errors import SelfSupError
+from selfsup_core.api import SelfSupError
 
 
 @attrs.define
@@ -146,9 +146,7 @@ def run(args: argparse.Namespace) -> int:
     """Build CONFIG's model and print its parameter counts (table or JSON)."""
     if args.depth < 1:
         raise SelfSupError(f"count-params: --depth must be 1 or more (1: the model's components), got {args.depth}")
-    from ..build import build_model
-
-    from ..cli import load_command_config
+    from selfsup_core.api import build_model, load_command_config
 
     config = load_command_config(args)
     model = build_model(config)

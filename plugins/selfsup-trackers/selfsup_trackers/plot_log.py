@@ -29,9 +29,7 @@ from typing import Any
 
 import attrs
 
-from ..engine.logger import METRICS_FILE
-from ..errors import SelfSupError, describe_exception
-from ..fileio import atomic_write
+from selfsup_core.api import METRICS_FILE, SelfSupError, atomic_write, describe_exception
 
 DEFAULT_OUT = "curves.png"
 TRAIN_MODES = ("train", "train_epoch")

@@ -1,4 +1,4 @@
-"""``selfsup-run export`` / ``import-weights`` and the safetensors reader/writer, on
+"""``selfsup-run export`` / ``import-weights`` (contributed by selfsup-models), on
 checkpoints laid out as selfsup, MMSelfSup and OpenSelfSup write them (torchvision ResNets
 stand in for the backbone here; the plugins' tests export real selfsup models)."""
 from __future__ import annotations
@@ -11,10 +11,9 @@ import torch
 import torchvision
 from torch import nn
 
-from selfsup_core.cli import main
+from selfsup_core.api import cli_main as main
+from selfsup_core.api import load_safetensors, read_safetensors_metadata, read_state_dict
 from selfsup_core.testing import run_selfsup
-from selfsup_core.tools import safetensors_io
-from selfsup_core.tools.weights import WeightsError, read_state_dict
 
 
 def _resnet(arch: str = "resnet18", seed: int = 0) -> nn.Module:
@@ -52,66 +51,6 @@ def _features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model.eval()(x)
 
 
-# -- safetensors ------------------------------------------------------------------------------
-def test_safetensors_round_trip_keeps_every_dtype_shape_and_value(tmp_path: Path) -> None:
-    tensors = {
-        "f32": torch.randn(3, 4), "f16": torch.randn(5).half(), "bf16": torch.randn(2, 2).bfloat16(),
-        "f64": torch.randn(2, dtype=torch.float64), "i64": torch.arange(6).reshape(2, 3), "u8": torch.arange(4, dtype=torch.uint8),
-        "flag": torch.tensor([True, False]), "scalar": torch.tensor(2.5), "empty": torch.zeros(0, 3),
-        "strided": torch.randn(4, 6)[:, ::2],  # non-contiguous: written as its values
-    }
-    path = tmp_path / "w.safetensors"
-    safetensors_io.save_file(tensors, path, metadata={"format": "pt", "epoch": 3})
-    loaded = safetensors_io.load_file(path)
-    assert sorted(loaded) == sorted(tensors)
-    for name, tensor in tensors.items():
-        assert loaded[name].dtype == tensor.dtype and loaded[name].shape == tensor.shape, name
-        assert torch.equal(loaded[name], tensor), name
-    assert safetensors_io.read_metadata(path) == {"format": "pt", "epoch": "3"}
-    assert (8 + int.from_bytes(path.read_bytes()[:8], "little")) % 8 == 0  # data aligned as the reference writes it
-
-
-def test_safetensors_reads_unsigned_and_complex_tensors_and_writes_shared_ones(tmp_path: Path) -> None:
-    st = pytest.importorskip("safetensors.torch")
-    tensors = {"u16": torch.tensor([0, 7, 65535], dtype=torch.uint16), "u32": torch.tensor([1, 2**32 - 1], dtype=torch.uint32),
-               "u64": torch.tensor([3, 2**63], dtype=torch.uint64), "c64": torch.randn(3, dtype=torch.complex64)}
-    theirs = tmp_path / "theirs.safetensors"
-    st.save_file(tensors, str(theirs))
-    loaded = safetensors_io.load_file(theirs)
-    for name, tensor in tensors.items():
-        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor), name
-    weight = torch.randn(4, 4)
-    tied = {"embed": weight, "head": weight, "half": weight[:2]}  # shared storage: the package alone refuses
-    safetensors_io.save_file(tied, tmp_path / "tied.safetensors")
-    back = safetensors_io.load_file(tmp_path / "tied.safetensors")
-    assert torch.equal(back["embed"], weight) and torch.equal(back["head"], weight) and torch.equal(back["half"], weight[:2])
-
-
-def test_safetensors_files_agree_with_the_safetensors_package(tmp_path: Path) -> None:
-    st = pytest.importorskip("safetensors.torch")
-    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.randn(2).bfloat16()}
-    ours, theirs = tmp_path / "ours.safetensors", tmp_path / "theirs.safetensors"
-    safetensors_io.save_file(tensors, ours, metadata={"k": "v"})
-    st.save_file(tensors, str(theirs), metadata={"k": "v"})
-    for name, value in st.load_file(str(ours)).items():
-        assert torch.equal(value, tensors[name])
-    for name, value in safetensors_io.load_file(theirs).items():
-        assert torch.equal(value, tensors[name])
-    assert safetensors_io.read_metadata(theirs) == {"k": "v"}
-
-
-def test_a_file_that_is_not_safetensors_is_one_clear_error(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
-    with pytest.raises(safetensors_io.SafetensorsError, match="bad.safetensors: not a safetensors file"):
-        safetensors_io.load_file(bad)
-    truncated = tmp_path / "cut.safetensors"
-    safetensors_io.save_file({"w": torch.randn(100)}, truncated)
-    truncated.write_bytes(truncated.read_bytes()[:-40])
-    with pytest.raises(safetensors_io.SafetensorsError, match="cut.safetensors: a tensor lies outside the file"):
-        safetensors_io.load_file(truncated)
-
-
 # -- export -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", ["pth", "safetensors"])
 def test_export_writes_the_online_backbone_that_torchvision_loads_strictly(tmp_path: Path, fmt: str) -> None:
@@ -123,7 +62,7 @@ def test_export_writes_the_online_backbone_that_torchvision_loads_strictly(tmp_p
     assert "matches torchvision resnet18 key for key and shape for shape" in done.stdout
     assert "dropped encoder_k.* (120 tensors): momentum (key) encoder copy" in done.stdout
     assert "dropped queue (1 tensor): negative-key queue" in done.stdout
-    weights = safetensors_io.load_file(out) if fmt == "safetensors" else torch.load(out, weights_only=True)
+    weights = load_safetensors(out) if fmt == "safetensors" else torch.load(out, weights_only=True)
     target = torchvision.models.resnet18()
     target.fc = nn.Identity()
     target.load_state_dict(weights, strict=True)  # every non-fc key, nothing else
@@ -175,7 +114,8 @@ def test_export_refuses_what_it_cannot_do_in_one_line(tmp_path: Path, capsys: py
     torch.save({"state_dict": swin}, tmp_path / "swin.pth")
     done = run_selfsup("export", tmp_path / "swin.pth", tmp_path / "v.pth", "--to", "torchvision")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr  # one line, from a real process
-    assert "this backbone is not a ResNet or ViT" in done.stderr and "use --to raw" in done.stderr
+    assert ("--to torchvision: no installed plugin converts this backbone (keys patch_embed.projection.weight, "
+            "layers.0.blocks.0.attn.w_msa.qkv.weight, ...)") in done.stderr and "use --to raw" in done.stderr
 
 
 def test_export_to_timm_checks_a_vit_against_timm_and_drops_the_mask_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -188,14 +128,7 @@ def test_export_to_timm_checks_a_vit_against_timm_and_drops_the_mask_token(tmp_p
     assert status == 0, err_text
     assert "matches timm's VisionTransformer" in out_text and "dropped mask_token (1 tensor)" in out_text
     fresh = timm_vit.VisionTransformer(img_size=32, patch_size=4, embed_dim=32, depth=2, num_heads=2, num_classes=0)
-    fresh.load_state_dict(safetensors_io.load_file(tmp_path / "vit.safetensors"), strict=True)
-
-
-def test_checkpoints_with_objects_are_refused_not_unpickled(tmp_path: Path) -> None:
-    path = tmp_path / "pickled.pth"
-    torch.save({"state_dict": {"backbone.w": torch.zeros(1)}, "meta": {"config": Path("x")}}, path)
-    with pytest.raises(WeightsError, match="not plain tensors and containers, so it is not loaded"):
-        read_state_dict(path)
+    fresh.load_state_dict(load_safetensors(tmp_path / "vit.safetensors"), strict=True)
 
 
 # -- import -----------------------------------------------------------------------------------
@@ -207,9 +140,9 @@ def test_import_weights_drops_the_classifier_and_prints_the_init_cfg(tmp_path: P
     assert done.returncode == 0, done.stderr
     assert "of a ResNet (resnet18)" in done.stdout and "dropped fc.* (2 tensors): classifier" in done.stdout
     assert f'init_cfg = {{ type = "Pretrained", checkpoint = "{out}" }}' in done.stdout
-    weights = safetensors_io.load_file(out)
+    weights = load_safetensors(out)
     assert set(weights) == {k for k in model.state_dict() if not k.startswith("fc.")}
-    assert safetensors_io.read_metadata(out)["dialect"] == "resnet"
+    assert read_safetensors_metadata(out)["dialect"] == "resnet"
 
 
 def test_import_weights_takes_the_backbone_of_an_mmcls_classifier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -232,7 +165,7 @@ def test_export_carries_the_backbone_table_of_the_run(tmp_path: Path, capsys: py
     status, out_text, _ = _cli(capsys, "export", tmp_path, tmp_path / "r18.safetensors")
     assert status == 0
     assert 'the run built this backbone from (its config.toml):\n    [model.backbone]\n    type = "ResNet"' in out_text
-    metadata = safetensors_io.read_metadata(tmp_path / "r18.safetensors")
+    metadata = read_safetensors_metadata(tmp_path / "r18.safetensors")
     assert json.loads(metadata["backbone_config"]) == {"type": "ResNet", "depth": 18, "norm_cfg": {"type": "SyncBN"}}
     assert metadata["source"] == "latest.pth" and metadata["key_names"] == "raw"
 
@@ -251,3 +184,40 @@ def test_export_with_hash_names_the_file_as_torch_hub_checks_it(tmp_path: Path,
     sha = hashlib.sha256(written.read_bytes()).hexdigest()
     assert report["sha256"] == sha and written.name == f"r18-{sha[:8]}.pth"
     assert re.search(r"-([a-f0-9]*)\.", written.name).group(1) == sha[:8]  # torch.hub's HASH_REGEX
+
+
+# -- the selfsup_convert_backbone hook --------------------------------------------------------
+def test_a_plugin_converts_its_own_backbone_through_the_hook(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from selfsup_core.api import ConvertedBackbone, get_plugin_manager
+
+    calls = []
+
+    def convert(state, direction, layout, backbone):
+        calls.append((direction, layout, backbone))
+        if "patch_embed.projection.weight" not in state:
+            return None
+        renamed = {k.replace("projection", "proj"): v for k, v in state.items() if k != "head.w"}
+        return ConvertedBackbone(renamed, {"library": layout, "arch": "Swin", "note": "renamed for the other library"},
+                                 [{"keys": "head.w", "count": 1, "reason": "classifier"}])
+
+    state = {"backbone.patch_embed.projection.weight": torch.ones(8, 3, 4, 4), "backbone.head.w": torch.ones(2)}
+    torch.save({"state_dict": state}, tmp_path / "latest.pth")
+    (tmp_path / "config.toml").write_text('[model.backbone]\ntype = "SwinTransformer"\nwindow_size = 7\n')
+    manager = get_plugin_manager()
+    manager.register(SimpleNamespace(selfsup_convert_backbone=convert), name="swin-layouts")
+    try:
+        status, out_text, err_text = _cli(capsys, "export", tmp_path, tmp_path / "s.safetensors", "--to", "timm")
+    finally:
+        manager.unregister(name="swin-layouts")
+    assert status == 0, err_text
+    assert calls == [("export", "timm", {"type": "SwinTransformer", "window_size": 7})]  # the first answer wins
+    assert "  renamed for the other library\n  dropped head.w (1 tensor): classifier" in out_text
+    assert set(load_safetensors(tmp_path / "s.safetensors")) == {"patch_embed.proj.weight"}
+    assert read_safetensors_metadata(tmp_path / "s.safetensors")["arch"] == "Swin"
+    status, _, err_text = _cli(capsys, "export", tmp_path, tmp_path / "t.pth", "--to", "timm")  # no plugin now
+    assert status == 2 and err_text == (
+        "error: --to timm: no installed plugin converts this backbone (type SwinTransformer, keys "
+        "patch_embed.projection.weight, head.w, ...) to timm key names (selfsup-models converts ResNets and ViTs); "
+        "use --to raw\n")

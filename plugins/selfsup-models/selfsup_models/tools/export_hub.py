@@ -26,8 +26,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from .weights import WeightsError
+from selfsup_core.api import WeightsError, core_version
 
 TOLERANCE = 1e-5
 PROGRAM = "backbone.pt2"
@@ -48,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _resolve(source: Path) -> Path:
     if source.is_dir():
-        from ..engine.checkpoint import find_latest
+        from selfsup_core.api import find_latest_checkpoint
 
-        found = find_latest(source)
+        found = find_latest_checkpoint(source)
         if found is None:
             raise WeightsError(f"{source}: a folder without latest.pth or epoch_*.pth; give a checkpoint or a work dir")
         return found
@@ -98,8 +97,8 @@ def export_hub(checkpoint: str | Path, out_dir: str | Path, *, input_size: int |
     ``onnx=False`` (``--no-onnx``) skips the ONNX file even where onnx is installed."""
     import torch
 
-    from ..build import build
-    from ..config import read_toml
+    from selfsup_core.api import build, read_toml
+
     from . import weights as W
 
     checkpoint, out_dir = _resolve(Path(checkpoint)), Path(out_dir)
@@ -143,7 +142,7 @@ def export_hub(checkpoint: str | Path, out_dir: str | Path, *, input_size: int |
         (out_dir / PROGRAM).unlink()
         raise WeightsError(f"{PROGRAM}: the exported program's features differ from the backbone's by {difference:.3g}")
     written.append(PROGRAM)
-    metadata = {"format": "pt", "source": checkpoint.name, "prefix": prefix, "selfsup_version": __version__,
+    metadata = {"format": "pt", "source": checkpoint.name, "prefix": prefix, "selfsup_version": core_version,
                 "backbone_config": json.dumps(table)}
     W.write_state_dict(dict(backbone.state_dict()), out_dir / WEIGHTS, "safetensors", metadata)
     written.append(WEIGHTS)
@@ -251,7 +250,7 @@ def model_card(config: dict[str, Any], backbone: dict[str, Any], report: dict[st
     lines = [
         "---", "library_name: pytorch", "tags: [self-supervised, selfsup, image-feature-extraction]", "---", "",
         f"# {model.get('type', 'selfsup')} {backbone['type']} backbone", "",
-        f"Self-supervised {model.get('type', '')} pre-training with selfsup {__version__}; exported from "
+        f"Self-supervised {model.get('type', '')} pre-training with selfsup {core_version}; exported from "
         f"`{Path(report['checkpoint']).name}` (epoch {report.get('epoch')}).", "",
         "## Pre-training recipe", "",
         f"- algorithm: {model.get('type')}; backbone: {backbone['type']}({args})",
