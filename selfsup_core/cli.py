@@ -259,7 +259,7 @@ def _train(args: argparse.Namespace) -> int:
             seed=args.seed,
         ).run()
         if result["rank"] == 0:  # one summary (and one plot) per run, not one per process
-            rows = _plugins.get_plugin_manager().hook.selfsup_after_training(
+            rows = _session.plugin_manager().hook.selfsup_after_training(
                 config=config, work_dir=Path(result["work_dir"]), result=result)
             summary = run_summary(result, rows=[row for found in rows for row in found or ()])
             print(summary)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from selfsup_core.api import SeededSampler, hookimpl
+from selfsup_core.api import hookimpl
 
 DEFAULT_MEMORY_SHARE = 0.25
 
@@ -53,6 +53,7 @@ def _dataset_name(dataset: Any) -> str:
 def selfsup_resident_data(runner: Any, memory: int | None) -> tuple[Any, Any, str] | str:
     """``(batches, sampler, description)`` for a training set that fits, else why not."""
     import torch
+    from selfsup_core.api import SeededSampler  # here: importing this module must not import torch
 
     from .resident import NotResident, ResidentBatches, decode_all, image_shape, plan_resident
 
