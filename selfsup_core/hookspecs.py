@@ -24,6 +24,7 @@ list`` and ``--help``, which do not import torch.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
 
     import torch
 
+    from .build import Builder
     from .config import Config
+    from .sections import ConfigSection
 
 hookspec = pluggy.HookspecMarker("selfsup")
 hookimpl = pluggy.HookimplMarker("selfsup")
@@ -104,6 +107,38 @@ def selfsup_register_commands(commands: argparse._SubParsersAction) -> None:
     Called every time the command line is parsed, ``--help`` included: import nothing heavy
     here, import the implementation inside ``run``. ``selfsup_core.api.add_config_arguments``
     adds the usual ``CONFIG --cfg-options ... --allow-import-paths`` arguments.
+    """
+
+
+@hookspec
+def selfsup_config_sections() -> Sequence[ConfigSection]:
+    """Declare the top-level config sections this plugin reads (``[evaluation]`` for selfsup-eval).
+
+    Receives nothing; returns :class:`~selfsup_core.api.ConfigSection` objects: the name, a
+    one-line description, an optional ``check(config)`` that raises one ``ConfigError`` for
+    the section's problems, and the section's keys that hold component tables. Called
+    whenever a config is validated (``selfsup-run CONFIG``, ``--check``, ``show-config``,
+    a :class:`~selfsup_core.engine.trainer.Trainer` built from Python), possibly several
+    times per process: return the same declarations each time and import nothing heavy.
+    A top-level key that neither the core nor a plugin declares is an error, so without
+    this hook a plugin's section is refused as an unknown top-level key.
+    """
+
+
+@hookspec
+def selfsup_run_hooks(config: Config, builder: Builder) -> Sequence[tuple[str, Any]] | None:
+    """Contribute trainer hooks to a run, e.g. from the plugin's own config section
+    (selfsup-eval's online evaluation from ``[evaluation] interval``).
+
+    Receives the run's prepared ``config`` and the :class:`~selfsup_core.api.Builder` the
+    trainer builds its components with (``builder.build(table, kind, path)``). Called once
+    per :class:`~selfsup_core.engine.trainer.Trainer` run, after the model, the training
+    dataset and the ``[[hooks]]`` are built and before the model moves to its device.
+    Returns ``(name, hook)`` pairs (or None): each hook is registered for this run after the
+    configured ``[[hooks]]`` (so it sees an epoch's final state) and, when it has
+    ``state_dict``/``load_state_dict``, saved under ``name`` in checkpoints and restored on
+    resume; names must be unique within a run. Raise ``ConfigError`` for a bad config: the
+    run then stops before its first epoch.
     """
 
 

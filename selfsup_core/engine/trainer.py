@@ -208,11 +208,10 @@ class Trainer:
             raise ConfigError(self.config.problem(("model", "type"), f"must name an nn.Module algorithm, got {type(model).__name__}"))
         self.dataset = builder.build(self.config.data["data"]["train"], "datasets", ("data", "train"))
         self.hooks.extend(build_hooks(self.config, self.registries))
-        from .evaluation import build_online_evaluation
-
-        online = build_online_evaluation(self.config, builder)
-        if online is not None:  # after the configured hooks: it sees the epoch's final state
-            self.hooks.append(("evaluation", online))
+        # hooks plugins add from their sections (selfsup-eval's online evaluation), after the
+        # configured hooks: they see the epoch's final state
+        for contributed in self.plugin_manager.hook.selfsup_run_hooks(config=self.config, builder=builder):
+            self.hooks.extend(contributed or ())
 
         if not dist.is_distributed() or self.device.type != "cuda":
             model = revert_sync_batchnorm(model)
