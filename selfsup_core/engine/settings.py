@@ -239,11 +239,13 @@ def check_table(
     return values
 
 
-def read_settings(config: Config) -> RunSettings:
-    """The :class:`RunSettings` of ``config``; raises one ConfigError listing every problem."""
+def read_settings(config: Config, plugin_manager: Any = None) -> RunSettings:
+    """The :class:`RunSettings` of ``config``; raises one ConfigError listing every problem.
+    Top-level keys are checked against the core's and those the plugins of ``plugin_manager``
+    (default: the process-wide one) declare."""
     problems: list[Problem] = []
     data = config.data
-    problems += top_level_problems(config)
+    problems += top_level_problems(config, plugin_manager)
     values: dict[str, Any] = {}
     for section in ("", *_SECTIONS):
         table = data if section == "" else data.get(section, {})

@@ -103,7 +103,7 @@ class Trainer:
     ) -> None:
         self.plugin_manager = plugin_manager if plugin_manager is not None else _plugins.get_plugin_manager()
         self.config = _plugins.prepare_config(config, self.plugin_manager)
-        self.settings: RunSettings = read_settings(config)
+        self.settings: RunSettings = read_settings(config, self.plugin_manager)
         if device is not None:
             self.settings.device = device
         if deterministic is not None:
