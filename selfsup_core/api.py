@@ -6,7 +6,7 @@ private and may change. ``selfsup_core.testing`` is the public module for plugin
 Names are imported lazily, on first use, so importing this module costs nothing (plugin
 modules are imported by ``selfsup-run list`` and ``--help``, which never import torch)::
 
-    from selfsup_core.api import ConfigError, EvalContext, dist, hookimpl
+    from selfsup_core.api import ConfigError, build_loader, dist, hookimpl
 
 ``tests/test_public_api.py`` fails when a plugin of this repository imports a private module.
 """
@@ -69,7 +69,7 @@ _EXPORTS: dict[str, str] = {
     "METRICS_FILE": "selfsup_core.engine.logger:METRICS_FILE",
     "core_version": "selfsup_core:__version__",
     "ConvertedBackbone": "selfsup_core.hookspecs:ConvertedBackbone",
-    # the engine: distributed helpers, data loading, optimizers, evaluation
+    # the engine: distributed helpers, data loading, optimizers, loading weights
     "dist": "selfsup_core.engine.dist",
     "SeededSampler": "selfsup_core.engine.data:SeededSampler",
     "build_loader": "selfsup_core.engine.data:build_loader",
@@ -82,12 +82,21 @@ _EXPORTS: dict[str, str] = {
     "BatchNormNd": "selfsup_core.engine.runtime:BatchNormNd",
     "revert_sync_batchnorm": "selfsup_core.engine.runtime:revert_sync_batchnorm",
     "MomentumUpdate": "selfsup_core.engine.hooks:MomentumUpdate",
-    "EvalContext": "selfsup_core.engine.evaluation:EvalContext",
-    "SPLITS": "selfsup_core.engine.evaluation:SPLITS",
-    "load_weights": "selfsup_core.engine.evaluation:load_weights",
-    "load_summary": "selfsup_core.engine.loaded_weights:load_summary",
+    "load_weights": "selfsup_core.engine.model_weights:load_weights",
+    "load_summary": "selfsup_core.engine.model_weights:load_summary",
     "Trainer": "selfsup_core.engine.trainer:Trainer",
     "train": "selfsup_core.engine.trainer:train",
+    # config sections plugins declare (selfsup_config_sections), and what a plugin that runs
+    # models outside the trainer needs (selfsup-eval's ``eval`` command)
+    "ConfigSection": "selfsup_core.hookspecs:ConfigSection",
+    "check_table": "selfsup_core.engine.settings:check_table",
+    "validate": "selfsup_core.build:validate",
+    "describe_exception": "selfsup_core.errors:describe_exception",
+    "format_results": "selfsup_core.engine.logger:format_results",
+    "device_type_of": "selfsup_core.engine.runtime:device_type_of",
+    "resolve_device": "selfsup_core.engine.runtime:resolve_device",
+    "resolve_precision": "selfsup_core.engine.runtime:resolve_precision",
+    "use_channels_last": "selfsup_core.engine.runtime:use_channels_last",
 }
 
 __all__ = sorted(_EXPORTS)

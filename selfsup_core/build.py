@@ -402,9 +402,9 @@ def build(
     return builder.build(dict(table), _registry.canonical_kind(kind) if kind else None, keys, default_args)
 
 
-#: dataset tables of the trainer's sections, checked as datasets by validate()
-_SECTION_DATASETS = {("evaluation", "train"): "datasets", ("evaluation", "test"): "datasets",
-                     ("data", "train"): "datasets", ("data", "val"): "datasets"}
+#: dataset tables of the trainer's sections, checked as datasets by validate() (with the
+#: component tables of the sections plugins declare: selfsup_core.sections.component_keys)
+_SECTION_DATASETS = {("data", "train"): "datasets", ("data", "val"): "datasets"}
 
 
 def strict_kind_for_key(key: str | int, owner: Any = None) -> str | None:
@@ -426,14 +426,17 @@ def validate(config: Config, registries: _registry.Registries | None = None) -> 
     registered component.
     """
     builder = Builder(config, registries)
+    from .sections import component_keys
+
+    section_kinds = {**_SECTION_DATASETS, **component_keys()}
 
     def walk(value: Any, path: KeyPath) -> None:
         key = path[-1] if path else None
         if isinstance(key, str) and key.endswith(RAW_SUFFIX):
             return
         kind = kind_for_key(key) if key is not None else None
-        if kind is None and (not isinstance(value, dict) or "type" in value):  # evaluation.test: checked as a dataset
-            kind = _SECTION_DATASETS.get(tuple(path))  # (a string or number there is refused)
+        if kind is None and (not isinstance(value, dict) or "type" in value):  # data.train, a plugin section's dataset
+            kind = section_kinds.get(tuple(path))  # (a string or number there is refused)
         strict = strict_kind_for_key(key) if key is not None else None
         if (strict or kind) and component_value_problem(key, value, strict or kind):
             builder._problem(path, str(component_value_problem(key, value, strict or kind)))

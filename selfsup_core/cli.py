@@ -107,22 +107,6 @@ def make_parser() -> argparse.ArgumentParser:
                             "the old config is kept as WORK_DIR/config.prev.toml). Without it --resume uses the run's "
                             "saved WORK_DIR/config.toml and refuses changes")
 
-    for name, text in (("eval", "evaluate a checkpoint's features with the [evaluation] table's evaluators"),
-                       ("tsne", "plot a t-SNE map of a checkpoint's test features (PNG)")):
-        evaluate = commands.add_parser(name, help=text)
-        add_config_arguments(evaluate)
-        evaluate.add_argument("--checkpoint", metavar="CKPT",
-                              help="a training checkpoint (default: none, the model as its init_cfg builds it)")
-        if name == "eval":
-            evaluate.add_argument("--evaluator", nargs="+", action="extend", metavar="NAME",
-                                  help="which evaluators: knn, linear, ... (a type name or its start; default: "
-                                       "those of [evaluation] evaluators, else KNN)")
-        evaluate.add_argument("--work-dir", metavar="DIR", help="where outputs go (default: the checkpoint's folder)")
-        evaluate.add_argument("--out", metavar="FILE",
-                              help="the results JSON (default: WORK_DIR/eval/<checkpoint>_<evaluators>.json)"
-                              if name == "eval" else "the PNG (default: WORK_DIR/tsne_<checkpoint>.png)")
-        evaluate.add_argument("--device", metavar="DEV", help="cpu, cuda, cuda:N (default: the config's, else auto)")
-
     listing = commands.add_parser("list", help="list installed components and broken plugins")
     listing.add_argument("kind", nargs="?", metavar="KIND",
                          help=f"one of: {', '.join(_registry.KINDS)}, or configs (the packaged configs)")
@@ -159,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handlers = {"train": _train, "eval": _eval, "tsne": _eval, "list": _list, "show-config": _show_config}
+    handlers = {"train": _train, "list": _list, "show-config": _show_config}
     handler = handlers.get(args.command) or getattr(args, "selfsup_run", None) or _tool
     from .import_paths import allowing
 
@@ -270,10 +254,6 @@ def _train(args: argparse.Namespace) -> int:
     model = build_model(config)  # validated by preflight()
     if "runner" in config.data or "data" in config.data:
         _check_trainer_sections(config, model)
-    elif "evaluation" in config.data:  # an evaluation-only config (eval, tsne)
-        from .engine.evaluation import read_eval_settings
-
-        read_eval_settings(config)
     line = f"{config.filename}: OK, model {config.data['model']['type']}"
     parameters = getattr(model, "parameters", None)
     if callable(parameters):
@@ -295,8 +275,7 @@ def run_summary(result: dict[str, Any], *, rows: Sequence[tuple[str, str]] = ())
     """What a finished training run prints: its last evaluation and where its files are;
     ``rows``: ``(label, text)`` lines the ``selfsup_after_training`` hooks added (selfsup-trackers:
     the curves), printed after the metrics file."""
-    from .engine.evaluation import format_results
-    from .engine.logger import METRICS_FILE, format_duration
+    from .engine.logger import METRICS_FILE, format_duration, format_results
 
     work_dir = Path(result["work_dir"])
     lines = [f"done: epoch {result['epoch']}, iteration {result['iter']} "
@@ -313,43 +292,17 @@ def run_summary(result: dict[str, Any], *, rows: Sequence[tuple[str, str]] = ())
     return "\n".join(lines)
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from .engine.evaluation import evaluate_checkpoint, format_results
-
-    config = load_command_config(args)
-    tsne = args.command == "tsne"
-    if tsne and args.out:
-        config.set(("evaluation", "evaluators"), [{**_tsne_table(config), "out": args.out}], origin="--out")
-    record = evaluate_checkpoint(
-        config,
-        checkpoint=args.checkpoint,
-        evaluators=["TSNE"] if tsne else args.evaluator,
-        work_dir=args.work_dir,
-        out=None if tsne else args.out,
-        device=args.device,
-    )
-    if "output" in record:
-        print(format_results(record["results"]))
-        print(f"results written to {record['output']}")
-    return 0
-
-
-def _tsne_table(config: Any) -> dict[str, Any]:
-    """The config's TSNE evaluator table (its arguments), or a bare one."""
-    tables = config.data.get("evaluation", {}).get("evaluators") or []
-    found = [t for t in tables if str(t.get("type", "")).rpartition(":")[2].lower() == "tsne"]
-    return dict(found[0]) if found else {"type": "TSNE"}
 
 
 def _check_trainer_sections(config: Any, model: Any) -> None:
     """Validate [runner], [data], [optimizer], [lr_config] ... together and construct the
     [[hooks]] (their constructors check values, e.g. a negative queue length); one error lists all."""
     from .build import build_hooks
-    from .engine.evaluation import read_eval_settings
     from .engine.optim import build_optimizer
     from .engine.schedules import build_lr_schedule
     from .engine.settings import read_settings
     from .errors import ConfigError
+    from .sections import section_problems
 
     problems = []
     max_epochs = 1
@@ -357,10 +310,7 @@ def _check_trainer_sections(config: Any, model: Any) -> None:
         max_epochs = read_settings(config).max_epochs
     except ConfigError as exc:
         problems += exc.problems
-    try:
-        read_eval_settings(config)
-    except ConfigError as exc:
-        problems += exc.problems
+    problems += section_problems(config)
     try:
         optimizer = build_optimizer(model, config.data.get("optimizer", {"type": "SGD", "lr": 0.1}), config=config)
         build_lr_schedule(config.data.get("lr_config"), optimizer, iters_per_epoch=1, max_epochs=max_epochs, config=config)

@@ -24,9 +24,10 @@ list`` and ``--help``, which do not import torch.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
+import attrs
 import pluggy
 
 if TYPE_CHECKING:
@@ -36,6 +37,39 @@ if TYPE_CHECKING:
     import torch
 
     from .config import Config
+
+@attrs.frozen
+class ConfigSection:
+    """A top-level config section a plugin owns (returned by ``selfsup_config_sections``).
+
+    Attributes:
+        name: the top-level key (``"evaluation"``).
+        description: one line saying what the section holds.
+        check: ``check(config)`` validates the section of a loaded config, raising one
+            :class:`~selfsup_core.errors.ConfigError` that lists every problem. Called (only
+            when the config has the section) by ``selfsup-run CONFIG`` and ``--check``
+            before anything is built, next to the core's own checks. None: not checked.
+        components: keys of the section that hold component tables, and their kind
+            (``{"train": "datasets"}``): ``validate`` checks those tables against that
+            registry before anything is built.
+        provider: the plugin that declared it (filled in by :func:`declared`).
+    """
+
+    name: str
+    description: str = ""
+    check: Callable[[Config], None] | None = attrs.field(default=None, eq=False)
+    components: Mapping[str, str] = attrs.field(factory=dict, converter=dict)
+    provider: str = ""
+
+
+class Builder(Protocol):
+    """What ``selfsup_run_hooks`` receives to build component tables (the trainer's
+    :class:`~selfsup_core.api.Builder`)."""
+
+    def build(self, table: Any, kind: str | None, path: tuple[Any, ...] = (),
+              default_args: Mapping[str, Any] | None = None) -> Any:
+        """Validate then construct the component ``table`` found at config key ``path``."""
+
 
 hookspec = pluggy.HookspecMarker("selfsup")
 hookimpl = pluggy.HookimplMarker("selfsup")
@@ -161,6 +195,38 @@ def selfsup_after_training(config: Config, work_dir: Path, result: dict[str, Any
     "work_dirs/x/curves.png")``), or ``None``. Must not raise for a failure of its own
     (the run is trained and saved): report it in the row instead. selfsup-trackers draws the
     run's curves here (``[log_config] plot``).
+    """
+
+
+@hookspec
+def selfsup_config_sections() -> Sequence[ConfigSection]:
+    """Declare the top-level config sections this plugin reads (``[evaluation]`` for selfsup-eval).
+
+    Receives nothing; returns :class:`~selfsup_core.api.ConfigSection` objects: the name, a
+    one-line description, an optional ``check(config)`` that raises one ``ConfigError`` for
+    the section's problems, and the section's keys that hold component tables. Called
+    whenever a config is validated (``selfsup-run CONFIG``, ``--check``, ``show-config``,
+    a :class:`~selfsup_core.engine.trainer.Trainer` built from Python), possibly several
+    times per process: return the same declarations each time and import nothing heavy.
+    A top-level key that neither the core nor a plugin declares is an error, so without
+    this hook a plugin's section is refused as an unknown top-level key.
+    """
+
+
+@hookspec
+def selfsup_run_hooks(config: Config, builder: Builder) -> Sequence[tuple[str, Any]] | None:
+    """Contribute trainer hooks to a run, e.g. from the plugin's own config section
+    (selfsup-eval's online evaluation from ``[evaluation] interval``).
+
+    Receives the run's prepared ``config`` and the :class:`~selfsup_core.api.Builder` the
+    trainer builds its components with (``builder.build(table, kind, path)``). Called once
+    per :class:`~selfsup_core.engine.trainer.Trainer` run, after the model, the training
+    dataset and the ``[[hooks]]`` are built and before the model moves to its device.
+    Returns ``(name, hook)`` pairs (or None): each hook is registered for this run after the
+    configured ``[[hooks]]`` (so it sees an epoch's final state) and, when it has
+    ``state_dict``/``load_state_dict``, saved under ``name`` in checkpoints and restored on
+    resume; names must be unique within a run. Raise ``ConfigError`` for a bad config: the
+    run then stops before its first epoch.
     """
 
 

@@ -1,8 +1,9 @@
 """``selfsup-run CONFIG --check``: the checks that go beyond reading the config.
 
 * :func:`preflight` (before anything is built, training runs too): every problem of the
-  component tables, the trainer's tables (``[runner]``, ``[data]`` ...), ``[evaluation]``
-  and the hooks, reported together in one round; a config without ``[model]`` is one of them.
+  component tables, the trainer's tables (``[runner]``, ``[data]`` ...), the sections plugins
+  declare (``[evaluation]``: :mod:`selfsup_core.sections`) and the hooks, reported together in
+  one round; a config without ``[model]`` is one of them.
 * :func:`check_data` (``--check`` only, after the model is built): builds the training
   dataset when every file it names is there (a ``Subset`` larger than its source is caught;
   samples are read one at a time, only for the dry forward) and, unless ``--no-dry-run``,
@@ -26,10 +27,10 @@ DRY_RUN_SAMPLES = 2
 def preflight(config: Config) -> None:
     """Raise one :class:`ConfigError` listing every problem found without building the model:
     component tables (:func:`selfsup_core.build.validate`), ``[model]`` present, the trainer's
-    settings, ``[evaluation]`` and the hooks' constructors. Called by the CLI before training
+    settings, the plugins' sections and the hooks' constructors. Called by the CLI before training
     or checking."""
     from ..build import build_hooks, validate
-    from .evaluation import read_eval_settings
+    from ..sections import check_sections
     from .settings import read_settings
 
     problems: list[Problem] = []
@@ -41,7 +42,7 @@ def preflight(config: Config) -> None:
     train = data.get("train") if isinstance(data, Mapping) else None
     if isinstance(train, Mapping) and "type" not in train:
         problems.append(config.problem(("data", "train"), "missing the dataset's type, e.g. type = \"MultiViewDataset\""))
-    steps = [lambda: validate(config), lambda: read_eval_settings(config)]
+    steps = [lambda: validate(config), lambda: check_sections(config)]
     if "runner" in config.data or "data" in config.data:
         steps += [lambda: read_settings(config), lambda: build_hooks(config)]
     for step in steps:

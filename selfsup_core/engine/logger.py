@@ -32,6 +32,13 @@ def format_duration(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
+def format_results(results: Any) -> str:
+    """``knn_top1 0.8512, knn_top5 0.9931``: named results (a mapping) in one line, numbers
+    with 4 decimals. Used for evaluation records: the run summary, ``selfsup-run eval``."""
+    return ", ".join(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}"
+                     for key, value in results.items())
+
+
 class RunLogger:
     """Writes metrics and progress for the main process; a no-op elsewhere."""
 
@@ -134,4 +141,4 @@ class RunLogger:
             self._writer = None
 
 
-__all__ = ["METRICS_FILE", "RunLogger", "format_duration"]
+__all__ = ["METRICS_FILE", "RunLogger", "format_duration", "format_results"]

@@ -28,15 +28,11 @@ import attrs
 
 from ..config import Config, KeyPath
 from ..errors import ConfigError, Problem, did_you_mean
+from ..sections import CORE_SECTIONS, top_level_problems
 
-#: Top-level keys a config may have. Plugins that add a section (``evaluation``) are listed
-#: here so that a typo in any section name is caught.
-TOP_LEVEL_KEYS = frozenset(
-    {
-        "model", "data", "optimizer", "optimizer_config", "lr_config", "runner", "checkpoint_config",
-        "log_config", "hooks", "evaluation", "seed", "deterministic", "work_dir", "custom_imports",
-    }
-)
+#: The core's top-level keys; plugins declare theirs (``selfsup_config_sections``), so that a
+#: typo in any section name is caught (:mod:`selfsup_core.sections`).
+TOP_LEVEL_KEYS = frozenset(CORE_SECTIONS)
 PRECISIONS = ("auto", "fastest", "bf16", "fp16", "fp32")
 PROGRESS_STYLES = ("auto", "bar", "lines", "none")
 
@@ -243,13 +239,13 @@ def check_table(
     return values
 
 
-def read_settings(config: Config) -> RunSettings:
-    """The :class:`RunSettings` of ``config``; raises one ConfigError listing every problem."""
+def read_settings(config: Config, plugin_manager: Any = None) -> RunSettings:
+    """The :class:`RunSettings` of ``config``; raises one ConfigError listing every problem.
+    Top-level keys are checked against the core's and those the plugins of ``plugin_manager``
+    (default: the process-wide one) declare."""
     problems: list[Problem] = []
     data = config.data
-    for key in data:
-        if key not in TOP_LEVEL_KEYS and not key.startswith("_"):
-            problems.append(config.problem((key,), f"unknown top-level key{did_you_mean(key, TOP_LEVEL_KEYS)}"))
+    problems += top_level_problems(config, plugin_manager)
     values: dict[str, Any] = {}
     for section in ("", *_SECTIONS):
         table = data if section == "" else data.get(section, {})

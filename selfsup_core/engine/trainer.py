@@ -116,7 +116,7 @@ class Trainer:
         self.plugin_manager = self.session.plugin_manager
         self.registries = self.session.registries
         self.config = self.session.prepare(config)
-        self.settings: RunSettings = read_settings(config)
+        self.settings: RunSettings = read_settings(config, self.plugin_manager)
         if device is not None:
             self.settings.device = device
         if deterministic is not None:
@@ -220,11 +220,10 @@ class Trainer:
             raise ConfigError(self.config.problem(("model", "type"), f"must name an nn.Module algorithm, got {type(model).__name__}"))
         self.dataset = builder.build(self.config.data["data"]["train"], "datasets", ("data", "train"))
         self.hooks.extend(build_hooks(self.config, self.registries))
-        from .evaluation import build_online_evaluation
-
-        online = build_online_evaluation(self.config, builder)
-        if online is not None:  # after the configured hooks: it sees the epoch's final state
-            self.hooks.append(("evaluation", online))
+        # hooks plugins add from their sections (selfsup-eval's online evaluation), after the
+        # configured hooks: they see the epoch's final state
+        for contributed in self.plugin_manager.hook.selfsup_run_hooks(config=self.config, builder=builder):
+            self.hooks.extend(contributed or ())
 
         if not dist.is_distributed() or self.device.type != "cuda":
             model = revert_sync_batchnorm(model)

@@ -149,17 +149,3 @@ class ToyEvaluator:
                                    "tag": context.tag, "train_len": len(context.dataset("train"))})
         return {"toy_top1": score, "toy_note": f"epoch {context.epoch}"}
 
-
-class FailingEvaluator:
-    """Fails from the ``fail_at``-th call on, like an evaluator meeting bad data mid-run."""
-
-    calls = 0
-
-    def __init__(self, fail_at: int = 2) -> None:
-        self.fail_at = fail_at
-
-    def evaluate(self, context) -> dict:
-        FailingEvaluator.calls += 1
-        if FailingEvaluator.calls >= self.fail_at:
-            raise ValueError("the test split has no labels")
-        return {"toy_top1": 0.5}

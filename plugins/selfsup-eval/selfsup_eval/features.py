@@ -27,9 +27,9 @@ import attrs
 import torch
 from torch import nn
 
-from selfsup_core.api import (
-    EvalContext, build_loader, device_transform_of, dist, images_of, loader_batches, to_device,
-)
+from selfsup_core.api import build_loader, device_transform_of, dist, images_of, loader_batches, to_device
+
+from .evaluation import EvalContext
 
 FEATURES = ("extract", "backbone", "neck")
 POOLS = ("avg", "flatten")

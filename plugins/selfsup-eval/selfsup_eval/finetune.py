@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup_core.api import EvalContext, build_optimizer, dist
+from selfsup_core.api import build_optimizer, dist
+
+from .evaluation import EvalContext
 
 from .features import FEATURES, POOLS, check_choice, eval_loader, extract_dataset, iterate_batches, model_output, \
     pool_output, require_labels

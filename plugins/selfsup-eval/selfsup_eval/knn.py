@@ -19,7 +19,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from selfsup_core.api import EvalContext, dist
+from selfsup_core.api import dist
+
+from .evaluation import EvalContext
 
 from .features import FEATURES, POOLS, check_choice, extract, require_labels
 

@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup_core.api import EvalContext, dist, LARS
+from selfsup_core.api import LARS, dist
+
+from .evaluation import EvalContext
 
 from .features import (
     FEATURES, POOLS, Features, check_choice, eval_loader, extract, iterate_batches, model_output, pool_output,

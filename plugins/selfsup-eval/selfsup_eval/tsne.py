@@ -22,7 +22,9 @@ from typing import Any
 
 import torch
 
-from selfsup_core.api import EvalContext, SelfSupError, atomic_write, dist, SPLITS
+from selfsup_core.api import SelfSupError, atomic_write, dist
+
+from .evaluation import SPLITS, EvalContext
 
 from .features import FEATURES, POOLS, check_choice, extract, require_labels
 

@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from selfsup_core.engine.evaluation import EvalContext
+from selfsup_eval.evaluation import EvalContext
 from selfsup_eval.features import extract, extract_dataset, model_output, pool_output
 from selfsup_eval.knn import KNN
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from selfsup_core.engine.evaluation import EvalContext
+from selfsup_eval.evaluation import EvalContext
 from selfsup_core.testing import assert_validated_from_config
 from selfsup_eval.finetune import FineTune
 from selfsup_models.backbones.vision_transformer import VisionTransformer

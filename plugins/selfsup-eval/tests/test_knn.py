@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from selfsup_core.engine.evaluation import EvalContext
+from selfsup_eval.evaluation import EvalContext
 from selfsup_eval.knn import KNN, knn_class_scores, knn_predict
 
 # bank vectors are unit length, so cosines are plain dot products

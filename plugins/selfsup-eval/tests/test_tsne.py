@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from selfsup_core.engine.evaluation import EvalContext
+from selfsup_eval.evaluation import EvalContext
 from selfsup_core.errors import SelfSupError
 from selfsup_eval.tsne import FIGSIZE, TSNE, class_names, effective_perplexity, iterations_keyword, subsample
 

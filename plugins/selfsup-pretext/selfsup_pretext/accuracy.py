@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from selfsup_core.api import EvalContext, build_loader, dist, loader_batches, to_device
+from selfsup_core.api import build_loader, dist, loader_batches, to_device
+from selfsup_eval import EvalContext
 
 
 class PretextAccuracy:

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from selfsup_core.engine.evaluation import EvalContext
+from selfsup_eval import EvalContext
 
 
 class ArraySource:

@@ -1,6 +1,7 @@
 """How many tensors ``init_cfg`` ``Pretrained`` loaded, and the ``[evaluation]
-min_loaded_share`` check: evaluating a model whose pretrained weights did not load (wrong
-``prefix``, another architecture) is an error, not a score of random weights.
+min_loaded_share`` check of ``selfsup-run eval``: evaluating a model whose pretrained weights
+did not load (wrong ``prefix``, another architecture) is an error, not a score of random
+weights.
 
 Reads the ``init_report`` that components built on ``selfsup_models.init.BaseModule`` keep
 (``loaded``, ``missing``, ``unexpected``, ``mismatched``, ``sources``); torch-free apart from
@@ -11,29 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import Config
-from ..errors import ConfigError
-
-#: names shown per category in a summary line
-SHOWN_NAMES = 3
-
-
-def summarise_names(names: Sequence[str], shown: int = SHOWN_NAMES) -> str:
-    """``"a, b, c (+7 more)"``: at most ``shown`` names of a list."""
-    head = ", ".join(names[:shown])
-    return head + (f" (+{len(names) - shown} more)" if len(names) > shown else "")
-
-
-def load_summary(loaded: int, missing: Sequence[str], unexpected: Sequence[str], mismatched: Sequence[str],
-                 what: str = "tensors") -> str:
-    """``"loaded N of M tensors (K missing, U unexpected, S shape mismatches; missing: a, b (+3 more))"``;
-    ``M`` = loaded + missing + mismatched (the module's own tensors)."""
-    total = loaded + len(missing) + len(mismatched)
-    text = (f"loaded {loaded} of {total} {what} ({len(missing)} missing, {len(unexpected)} unexpected, "
-            f"{len(mismatched)} shape mismatches")
-    examples = [f"{label}: {summarise_names(names)}" for label, names in
-                (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)) if names]
-    return text + ("; " + "; ".join(examples) if examples else "") + ")"
+from selfsup_core.api import Config, ConfigError, load_summary
 
 
 def pretrained_reports(model: Any) -> list[tuple[str, Any]]:

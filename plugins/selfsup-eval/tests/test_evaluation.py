@@ -1,5 +1,6 @@
 """The [evaluation] table: online monitoring during training and ``selfsup-run eval``, with a
-toy evaluator (the real ones live in plugins/selfsup-eval and are tested there)."""
+toy evaluator (the real evaluators are tested in their own files). Moved here from the core's
+tests with the evaluation engine."""
 from __future__ import annotations
 
 import json
@@ -9,41 +10,18 @@ import sys
 import pytest
 import torch
 
-from selfsup_core.config import load_config
-from selfsup_core.engine.evaluation import read_eval_settings, select_evaluators
-from selfsup_core.engine.trainer import Trainer
-from selfsup_core.errors import ConfigError, SelfSupError
+from eval_online_toy import EVALUATION
+from selfsup_core.api import ConfigError, SelfSupError, Trainer, load_config
+from selfsup_eval.evaluation import read_eval_settings, select_evaluators
 
-EVALUATION = """
-[evaluation]
-interval = 2
-online = "ToyEvaluator"
-samples_per_gpu = 16
-workers_per_gpu = 0
-
-[evaluation.train]
-type = "selfsup_toy:ToyDataset"
-length = 24
-noise = 0.0
-
-[evaluation.test]
-type = "selfsup_toy:ToyDataset"
-length = 12
-noise = 0.0
-seed = 1
-
-[[evaluation.evaluators]]
-type = "selfsup_toy:ToyEvaluator"
-threshold = 0.0
-"""
 
 
 @pytest.fixture(autouse=True)
-def _fresh_calls():
-    import selfsup_toy
+def _fresh_calls(toy_types):
+    import eval_online_toy
 
-    selfsup_toy.ToyEvaluator.calls.clear()
-    yield selfsup_toy.ToyEvaluator.calls
+    eval_online_toy.ToyEvaluator.calls.clear()
+    yield eval_online_toy.ToyEvaluator.calls
 
 
 def _records(work_dir):
@@ -102,14 +80,14 @@ def test_evaluation_table_is_validated_with_file_and_key(write_config):
 
 def test_online_evaluation_without_datasets_fails_before_training(write_config, tmp_path):
     config = load_config(write_config("[evaluation]\ninterval = 1\nonline = 'ToyEvaluator'\n"
-                                      "[[evaluation.evaluators]]\ntype = 'selfsup_toy:ToyEvaluator'\n"))
+                                      "[[evaluation.evaluators]]\ntype = 'eval_online_toy:ToyEvaluator'\n"))
     with pytest.raises(ConfigError, match=r"evaluation.train: missing; online evaluation needs"):
         Trainer(config, work_dir=tmp_path / "run").run()
     assert not (tmp_path / "run" / "latest.pth").exists()
 
 
 def test_evaluator_names_match_by_type_or_its_start(write_config):
-    config = load_config(write_config(EVALUATION + "[[evaluation.evaluators]]\ntype = 'selfsup_toy:ToyEvaluator'\n"
+    config = load_config(write_config(EVALUATION + "[[evaluation.evaluators]]\ntype = 'eval_online_toy:ToyEvaluator'\n"
                                                    "threshold = 1.0\n"))
     chosen = select_evaluators(config, ["toy"])
     assert [path for path, _ in chosen] == [("evaluation", "evaluators", 0), ("evaluation", "evaluators", 1)]
@@ -156,10 +134,10 @@ def test_selfsup_run_eval_errors_are_one_line(write_config, tmp_path, toy_env):
 
 
 def test_a_failing_online_evaluator_does_not_lose_the_training_run(write_config, tmp_path):
-    import selfsup_toy
+    import eval_online_toy
 
-    selfsup_toy.FailingEvaluator.calls = 0
-    extra = EVALUATION.replace("selfsup_toy:ToyEvaluator", "selfsup_toy:FailingEvaluator").replace(
+    eval_online_toy.FailingEvaluator.calls = 0
+    extra = EVALUATION.replace("eval_online_toy:ToyEvaluator", "eval_online_toy:FailingEvaluator").replace(
         'online = "ToyEvaluator"', 'online = "FailingEvaluator"').replace("threshold = 0.0", "fail_at = 2")
     work = tmp_path / "run"
     stream = __import__("io").StringIO()
@@ -168,5 +146,5 @@ def test_a_failing_online_evaluator_does_not_lose_the_training_run(write_config,
     evals = [r for r in _records(work) if r["mode"] == "eval"]
     assert [(r["epoch"], r.get("toy_top1"), r.get("error")) for r in evals] == [
         (1, 0.5, None), (2, None, "ValueError: the test split has no labels")]
-    assert selfsup_toy.FailingEvaluator.calls == 2  # switched off after the failure
+    assert eval_online_toy.FailingEvaluator.calls == 2  # switched off after the failure
     assert "error: evaluation after epoch 2 failed (ValueError: the test split has no labels)" in stream.getvalue()

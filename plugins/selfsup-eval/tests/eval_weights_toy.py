@@ -1,5 +1,5 @@
 """A toy algorithm whose ``backbone`` takes an ``init_cfg`` (``Pretrained`` included), for the
-loaded-weights tests (``type = "weights_toy:PretrainedToy"``)."""
+loaded-weights tests (``type = "eval_weights_toy:PretrainedToy"``)."""
 from __future__ import annotations
 
 import torch

@@ -10,17 +10,16 @@ import torch
 
 pytest.importorskip("selfsup_models")
 
-from selfsup_core.cli import main  # noqa: E402
-from selfsup_core.engine.loaded_weights import load_summary  # noqa: E402
-
-from .test_evaluation import EVALUATION  # noqa: E402
+from eval_online_toy import EVALUATION  # noqa: E402
+from selfsup_core.api import cli_main as main  # noqa: E402
+from selfsup_core.api import load_summary  # noqa: E402
 
 
 def write(write_config, tmp_path, checkpoint, extra=""):
     path = write_config(EVALUATION + extra)
     text = path.read_text().replace(
-        'type = "selfsup_toy:ToyAlgorithm"\ndim = 8',
-        f'type = "weights_toy:PretrainedToy"\ndim = 8\ninit_cfg = {{type = "Pretrained", checkpoint = "{checkpoint}"}}')
+        'type = "eval_online_toy:ToyAlgorithm"\ndim = 8',
+        f'type = "eval_weights_toy:PretrainedToy"\ndim = 8\ninit_cfg = {{type = "Pretrained", checkpoint = "{checkpoint}"}}')
     path.write_text(text)
     return path
 

@@ -1,8 +1,9 @@
 """Evaluating learned features: the ``[evaluation]`` table, the context evaluators receive,
-``selfsup-run eval`` and online monitoring during pre-training.
+``selfsup-run eval`` and online monitoring during pre-training (moved here from the core:
+the core knows ``[evaluation]`` only because :mod:`selfsup_eval.plugin` declares it).
 
-Evaluators are components of the ``selfsup.evaluators`` registry (the selfsup-eval plugin
-ships ``KNN``, ``LinearProbe`` and ``TSNE``). An evaluator is any object with::
+Evaluators are components of the ``selfsup.evaluators`` registry (this plugin ships
+``KNN``, ``LinearProbe``, ``FineTune`` and ``TSNE``). An evaluator is any object with::
 
     def evaluate(self, context: EvalContext) -> dict[str, Any]
 
@@ -31,21 +32,21 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import attrs
 import torch
 from torch import nn
 
-from .. import registry as _registry
-from .. import session as _session
-from ..build import Builder
-from ..config import Config, KeyPath
-from ..errors import ConfigError, Problem, SelfSupError, describe_exception, did_you_mean
-from .settings import BOOL, INT, KeySpec, check_table, non_negative, positive
+from selfsup_core.api import (
+    Builder, Config, ConfigError, Problem, SelfSupError, check_table, describe_exception, did_you_mean, format_results,
+)
+from selfsup_core.api import registry as _registry
+from selfsup_core.api import session as _session
 
 SECTION = "evaluation"
 SPLITS = ("train", "test")
+KeyPath = tuple[Union[str, int], ...]
 DEFAULT_EVALUATORS: tuple[dict[str, Any], ...] = ({"type": "KNN"},)
 
 
@@ -65,7 +66,18 @@ def _share(value: Any) -> str | None:
     return None if 0 <= value <= 1 and not isinstance(value, bool) else f"must be between 0 and 1, got {value!r}"
 
 
-_SCHEMA: dict[str, KeySpec] = {
+def positive(value: Any) -> str | None:
+    return None if value >= 1 else f"must be >= 1, got {value!r}"
+
+
+def non_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must be >= 0, got {value!r}"
+
+
+INT, BOOL = (int,), (bool,)
+#: key -> (attribute, accepted python types, check(value) -> error text or None), as
+#: selfsup_core.api.check_table reads them
+_SCHEMA: dict[str, tuple[str, tuple[type, ...], Any]] = {
     "interval": ("interval", INT, non_negative),
     "initial": ("initial", BOOL, None),
     "online": ("online", (str,), None),
@@ -248,14 +260,6 @@ def run_evaluators(evaluators: Sequence[tuple[str, Any]], context: EvalContext) 
     return results
 
 
-def format_results(results: Mapping[str, Any]) -> str:
-    """``knn_top1 0.8512, knn_top5 0.9931`` (numbers with 4 decimals)."""
-    parts = []
-    for key, value in results.items():
-        parts.append(f"{key} {value:.4f}" if isinstance(value, float) else f"{key} {value}")
-    return ", ".join(parts)
-
-
 def primary_metric(results: Mapping[str, Any]) -> str | None:
     """The key tracked as "best" during training: the first ``*top1`` result."""
     return next((k for k, v in results.items() if k.endswith("top1") and isinstance(v, (int, float))), None)
@@ -372,10 +376,10 @@ def evaluate_checkpoint(
     ``<work dir>/eval/<checkpoint stem>_<evaluators>.json``); returns the JSON record.
     Works under torchrun: every process extracts its shard, the main process writes.
     """
-    from . import dist
-    from .runtime import device_type_of, resolve_device, resolve_precision, revert_sync_batchnorm, use_channels_last
-
-    from ..build import validate
+    from selfsup_core.api import (
+        device_type_of, dist, load_weights, resolve_device, resolve_precision, revert_sync_batchnorm, use_channels_last,
+        validate,
+    )
 
     settings = read_eval_settings(config)
     registries = registries if registries is not None else _session.registries()
@@ -453,28 +457,9 @@ def evaluate_checkpoint(
     return record
 
 
-def load_weights(model: nn.Module, path: str) -> dict[str, Any]:
-    """Load a training checkpoint (or a bare state dict of the whole model) into ``model``;
-    returns the checkpoint's ``meta`` (``{}`` for a bare state dict)."""
-    from . import checkpoint as ckpt
-
-    if not Path(path).is_file():
-        raise ckpt.CheckpointError(f"--checkpoint {path}: no such checkpoint file")
-    state = ckpt.load(path)
-    weights = state.get("state_dict", state) if isinstance(state, Mapping) else state
-    if not isinstance(weights, Mapping):
-        raise ckpt.CheckpointError(f"checkpoint {path} holds no state dict")
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as exc:
-        raise ckpt.CheckpointError(
-            f"checkpoint {path} does not fit this config's model: {describe_exception(exc).splitlines()[0]}; "
-            "evaluate it with the config it was trained with") from exc
-    meta = state.get("meta", {}) if isinstance(state, Mapping) else {}
-    return dict(meta) if isinstance(meta, Mapping) else {}
-
-
 __all__ = [
+    "SECTION",
+    "SPLITS",
     "EvalContext",
     "EvalSettings",
     "OnlineEvaluation",
@@ -484,7 +469,6 @@ __all__ = [
     "evaluate_checkpoint",
     "evaluator_tables",
     "format_results",
-    "load_weights",
     "primary_metric",
     "read_eval_settings",
     "run_evaluators",
