@@ -33,7 +33,7 @@ from .value_checks import component_value_problem, range_problem, scalar_fits_cl
 
 #: Kinds the trainer builds itself from its own tables (``[optimizer]`` gets the model's
 #: parameters; ``[runner] distributed`` names a runtime): no config key holds them as components.
-_NOT_CONFIG_KEYS = ("optimizers", "runtimes")
+_NOT_CONFIG_KEYS = ("optimizers", "runtimes", "lr_policies")
 def _config_kinds(registries: Any) -> list[str]:
     """The kinds a config table can name by ``type`` alone (all but :data:`_NOT_CONFIG_KEYS`)."""
     return [kind for kind in registries if kind not in _NOT_CONFIG_KEYS]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from selfsup_core.config import Config
-from selfsup_core.engine.lars import LARS
+from selfsup_core.api import LARS
 from selfsup_core.engine.optim import build_optimizer, layer_id_for_vit
 from selfsup_core.errors import ConfigError
 
