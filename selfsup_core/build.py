@@ -28,8 +28,8 @@ import attrs
 from . import import_paths as _import_paths
 from . import registry as _registry
 from .config import Config, KeyPath
-from .errors import ConfigError, Problem, SelfSupError, describe_exception, did_you_mean
-from .value_checks import component_value_problem, range_problem, scalar_fits_class
+from .errors import ConfigError, Problem, Problems, SelfSupError, describe_exception, did_you_mean
+from .value_checks import component_item_problem, component_value_problem, range_problem, scalar_fits_class
 
 #: Kinds the trainer builds itself from its own tables (``[optimizer]`` gets the model's
 #: parameters; ``[runner] distributed`` names a runtime): no config key holds them as components.
@@ -472,25 +472,24 @@ def build_hooks(config: Config, registries: _registry.Registries | None = None) 
     ConfigError lists the problems of all that could not be built (a constructor's ValueError
     included), each with its config path.
     """
-    tables = config.data.get("hooks", [])
-    if isinstance(tables, Mapping):
-        tables = [tables]
+    raw = config.data.get("hooks", [])
+    tables = [raw] if isinstance(raw, Mapping) else raw
     hooks: list[tuple[str, Any]] = []
-    problems: list[Problem] = []
-    if not isinstance(tables, list):
-        raise ConfigError(config.problem(("hooks",), "must be an array of tables [[hooks]], each with a 'type' "
-                                         f"naming a hook component, got {describe_value(tables)}"))
+    problems = Problems(config)
+    if not isinstance(tables, list) or (isinstance(raw, Mapping) and "type" not in raw):
+        # the texts validate() gives, so that --check, which runs both, says it once
+        problems.add(("hooks",), component_value_problem("hooks", raw, "hooks")
+                     or f"must be an array of tables [[hooks]], each with a 'type', got {describe_value(raw)}")
+        problems.raise_if_any()
     for index, table in enumerate(tables):
-        if not isinstance(table, Mapping) or not isinstance(table.get("type"), str):
-            problems.append(config.problem(("hooks", index), "must be a table with a 'type' naming a hook component, "
-                                           f"got {describe_value(table)}"))
+        if not isinstance(table, Mapping) or "type" not in table:
+            problems.add(("hooks",), component_item_problem(index, table, "hooks"))
             continue
         try:
             hooks.append((f"hooks.{index}.{table['type']}", Builder(config, registries).build(table, "hooks", ("hooks", index))))
         except ConfigError as exc:
-            problems += exc.problems
-    if problems:
-        raise ConfigError(problems)
+            problems.extend(exc.problems)
+    problems.raise_if_any()
     return hooks
 
 
