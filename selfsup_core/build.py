@@ -28,7 +28,7 @@ import attrs
 from . import import_paths as _import_paths
 from . import registry as _registry
 from .config import Config, KeyPath
-from .errors import ConfigError, Problem, Problems, SelfSupError, describe_exception, did_you_mean
+from .errors import ConfigError, Problems, SelfSupError, describe_exception, did_you_mean
 from .value_checks import component_item_problem, component_value_problem, range_problem, scalar_fits_class
 
 #: Kinds the trainer builds itself from its own tables (``[optimizer]`` gets the model's
@@ -90,7 +90,7 @@ class Builder:
     def __init__(self, config: Config | None = None, registries: _registry.Registries | None = None) -> None:
         self.config = config if config is not None else Config({})
         self.registries = registries if registries is not None else _registry.current()
-        self.problems: list[Problem] = []
+        self.problems = Problems(self.config)
         self._causes: list[BaseException] = []
 
     # -- public -----------------------------------------------------------------------------
@@ -116,7 +116,7 @@ class Builder:
     def raise_problems(self) -> None:
         """Raise one :class:`ConfigError` listing every problem found so far, if any."""
         if self.problems:
-            problems, self.problems = self.problems, []
+            problems, self.problems = self.problems, Problems(self.config)
             cause = self._causes[0] if self._causes else None
             raise ConfigError(problems) from cause
 
@@ -154,7 +154,7 @@ class Builder:
         return planned
 
     def _problem(self, path: KeyPath, message: str, cause: BaseException | None = None) -> None:
-        self.problems.append(self.config.problem(path, message))
+        self.problems.add(path, message)
         if cause is not None:
             self._causes.append(cause)
 

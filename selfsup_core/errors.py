@@ -84,6 +84,10 @@ class Problems:
         for problem in problems:
             self.append(problem)
 
+    def __iadd__(self, problems: Iterable[Problem]) -> Problems:
+        self.extend(problems)
+        return self
+
     def __bool__(self) -> bool:
         return bool(self.items)
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import Config
-from ..errors import ConfigError
+from ..errors import Problems
 
 #: names shown per category in a summary line
 SHOWN_NAMES = 3
@@ -62,7 +62,8 @@ def check_loaded_share(config: Config, model: Any, min_share: float) -> list[str
     """Raise one :class:`ConfigError` line per pretrained module of ``model`` that loaded less
     than ``min_share`` of its tensors; returns the summary lines (one per module) otherwise.
     Called by ``selfsup-run eval`` after the model is built."""
-    lines, problems = [], []
+    lines: list[str] = []
+    problems = Problems(config)
     for name, report in pretrained_reports(model):
         what = f"{name or 'model'} tensors"
         total = len(report.loaded) + len(report.missing) + len(report.mismatched)
@@ -71,9 +72,8 @@ def check_loaded_share(config: Config, model: Any, min_share: float) -> list[str
         share = len(report.loaded) / total if total else 1.0
         if share < min_share:
             path = ("model", *name.split("."), "init_cfg") if name else ("model", "init_cfg")
-            problems.append(config.problem(path, f"{summary}: below [evaluation] min_loaded_share = {min_share}; "
-                                                 "fix the checkpoint or its prefix, or lower min_loaded_share"))
+            problems.add(path, f"{summary}: below [evaluation] min_loaded_share = {min_share}; "
+                               "fix the checkpoint or its prefix, or lower min_loaded_share")
         lines.append(summary)
-    if problems:
-        raise ConfigError(problems)
+    problems.raise_if_any()
     return lines

@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 
 from ..config import Config, KeyPath
-from ..errors import ConfigError, Problem, did_you_mean
+from ..errors import ConfigError, Problem, Problems, did_you_mean
 
 #: Top-level keys a config may have. Plugins that add a section (``evaluation``) are listed
 #: here so that a typo in any section name is caught.
@@ -213,7 +213,7 @@ def check_table(
     section: str,
     table: Mapping[str, Any],
     schema: Mapping[str, KeySpec],
-    problems: list[Problem],
+    problems: Problems | list[Problem],
     passthrough: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The attributes ``schema`` reads from ``table`` (the ``[section]`` of ``config``; ``""``:
@@ -245,27 +245,26 @@ def check_table(
 
 def read_settings(config: Config) -> RunSettings:
     """The :class:`RunSettings` of ``config``; raises one ConfigError listing every problem."""
-    problems: list[Problem] = []
+    problems = Problems(config)
     data = config.data
     for key in data:
         if key not in TOP_LEVEL_KEYS and not key.startswith("_"):
-            problems.append(config.problem((key,), f"unknown top-level key{did_you_mean(key, TOP_LEVEL_KEYS)}"))
+            problems.add((key,), f"unknown top-level key{did_you_mean(key, TOP_LEVEL_KEYS)}")
     values: dict[str, Any] = {}
     for section in ("", *_SECTIONS):
         table = data if section == "" else data.get(section, {})
         if section and not isinstance(table, Mapping):
-            problems.append(config.problem((section,), f"must be a table, got {type(table).__name__}"))
+            problems.add((section,), f"must be a table, got {type(table).__name__}")
             continue
         schema = {k: spec for (s, k), spec in _SCHEMA.items() if s == section}
         passthrough = [k for (s, k) in _PASSTHROUGH if s == section]
         values.update(check_table(config, section, table, schema, problems, passthrough))
     if "max_epochs" not in values and not any(p.key == "runner.max_epochs" for p in problems):
-        problems.append(config.problem(("runner",), "missing max_epochs: add [runner] max_epochs = N"))
+        problems.add(("runner",), "missing max_epochs: add [runner] max_epochs = N")
     data_table = data.get("data")
     if not isinstance(data_table, Mapping) or "train" not in data_table:
-        problems.append(config.problem(("data",), "missing the training dataset: add a [data.train] table with a type"))
-    if problems:
-        raise ConfigError(problems)
+        problems.add(("data",), "missing the training dataset: add a [data.train] table with a type")
+    problems.raise_if_any()
     return RunSettings(**values)
 
 
