@@ -175,7 +175,8 @@ class StepFixCosineAnnealing(CosineAnnealing):
     def read(self, table: PolicyTable, common: Mapping[str, Any]) -> dict[str, Any]:
         options = super().read(table, common)
         warmup_iters, per_epoch, max_epochs = common["warmup_iters"], common["iters_per_epoch"], common["max_epochs"]
-        if common["warmup"] is not None and isinstance(warmup_iters, (int, float)) and not isinstance(warmup_iters, bool):
+        is_number = isinstance(warmup_iters, (int, float)) and not isinstance(warmup_iters, bool)
+        if common["warmup"] is not None and is_number:
             warm = warmup_iters * per_epoch if common["warmup_by_epoch"] else warmup_iters
             if common["by_epoch"] and warm // per_epoch >= max_epochs or warm >= max_epochs * per_epoch:
                 table.problem(("warmup_iters",), "the warmup must end before the run does (StepFixCosineAnnealing "

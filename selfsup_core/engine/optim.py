@@ -355,30 +355,35 @@ def _construct(klass: type, type_name: str, groups: list[dict[str, Any]], args: 
 
 
 def _check_arguments(klass: type, type_name: str, args: Mapping[str, Any], problems: Problems) -> None:
+    """Report the optimizer arguments in ``args`` that ``klass`` does not take, the required
+    ones missing, and those of the wrong type (in that order)."""
     params, open_ended = accepted_parameters(klass)
     params = {k: v for k, v in params.items() if k != "params"}
-    for key in args:
-        if key not in params and not open_ended:
-            hint = did_you_mean(key, [*params, *BUILDER_KEYS]) or f"; it takes {', '.join(params)}"
-            problems.add((key,), f"unknown argument of optimizer {type_name}{hint}")
+    if not open_ended:
+        for key in args:
+            if key not in params:
+                hint = did_you_mean(key, [*params, *BUILDER_KEYS]) or f"; it takes {', '.join(params)}"
+                problems.add((key,), f"unknown argument of optimizer {type_name}{hint}")
     for name in required_parameters(klass):
         if name != "params" and name not in args:
             problems.add((), f"missing required argument {name!r} of optimizer {type_name}")
     hints = annotations(klass)
     for key, value in args.items():
-        if key not in params:
-            continue
-        matches = type_matches(value, hints[key]) if key in hints else None
-        if matches is None:
-            # torch annotates numbers as ``float | Tensor``; judge by the default's type instead
-            default = params[key].default
-            if isinstance(default, bool):
-                matches = isinstance(value, bool)
-            elif _is_number(default):
-                matches = _is_number(value)
-        if matches is False:
+        if key in params and _argument_matches(value, hints.get(key), params[key].default) is False:
             wanted = type_text(hints[key]) if key in hints else type(params[key].default).__name__
             problems.add((key,), f"optimizer {type_name} expects {wanted}, got {describe_value(value)}")
+
+
+def _argument_matches(value: Any, hint: Any, default: Any) -> Optional[bool]:
+    """Whether ``value`` fits the annotation ``hint`` (None: no hint) or, where the
+    annotation cannot tell (torch annotates numbers as ``float | Tensor``), the type of the
+    ``default``; None when neither can tell."""
+    matches = type_matches(value, hint) if hint is not None else None
+    if matches is None and isinstance(default, bool):
+        return isinstance(value, bool)
+    if matches is None and _is_number(default):
+        return _is_number(value)
+    return matches
 
 
 def _parse_paramwise(table: Any, klass: type, problems: Problems) -> list[tuple[str, re.Pattern, dict[str, Any]]]:
@@ -403,16 +408,23 @@ def _parse_paramwise(table: Any, klass: type, problems: Problems) -> list[tuple[
                          f"got {describe_value(options)}")
             continue
         for option, value in options.items():
-            if option not in PARAMWISE_OPTIONS:
-                hint = did_you_mean(option, PARAMWISE_OPTIONS) or f"; options are {', '.join(PARAMWISE_OPTIONS)}"
-                problems.add((*where, option), f"unknown paramwise option{hint}")
-            elif not isinstance(value, PARAMWISE_OPTIONS[option]) or (bool not in PARAMWISE_OPTIONS[option]
-                                                                       and isinstance(value, bool)):
-                wanted = "true or false" if bool in PARAMWISE_OPTIONS[option] else "a number"
-                problems.add((*where, option), f"must be {wanted}, got {describe_value(value)}")
-            elif bool not in PARAMWISE_OPTIONS[option] and value < 0:
-                problems.add((*where, option), f"must be >= 0, got {value!r}")
-            elif option == "momentum" and not takes_momentum:
-                problems.add((*where, option), f"optimizer {klass.__name__} takes no momentum argument")
+            message = _paramwise_option_problem(option, value, klass, takes_momentum)
+            if message:
+                problems.add((*where, option), message)
         rules.append((regex, compiled, dict(options)))
     return rules
+
+
+def _paramwise_option_problem(option: str, value: Any, klass: type, takes_momentum: bool) -> Optional[str]:
+    """Why ``option = value`` cannot stand in a ``paramwise_options`` entry, or None."""
+    if option not in PARAMWISE_OPTIONS:
+        hint = did_you_mean(option, PARAMWISE_OPTIONS) or f"; options are {', '.join(PARAMWISE_OPTIONS)}"
+        return f"unknown paramwise option{hint}"
+    kinds = PARAMWISE_OPTIONS[option]
+    if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+        return f"must be {'true or false' if bool in kinds else 'a number'}, got {describe_value(value)}"
+    if bool not in kinds and value < 0:
+        return f"must be >= 0, got {value!r}"
+    if option == "momentum" and not takes_momentum:
+        return f"optimizer {klass.__name__} takes no momentum argument"
+    return None
