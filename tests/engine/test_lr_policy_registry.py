@@ -106,3 +106,14 @@ def test_an_in_process_policy_shadows_by_name(selfsup_registries):
     with selfsup_registries["lr_policies"].temporary("Half", Half):
         schedule = build_lr_schedule({"policy": "half"}, None, iters_per_epoch=1, max_epochs=1)
         assert (schedule.policy, schedule.factor(0)) == ("Half", 0.5)
+
+
+def test_an_import_path_policy_must_be_a_policy_class():
+    """``policy = "module:Class"`` (allowed in these tests, as with ``--allow-import-paths``)
+    takes only a class with ``regular_lr``."""
+    cfg = {"policy": "selfsup_core.engine.lr_policies:Poly", "power": 2.0}
+    assert build_lr_schedule(cfg, None, iters_per_epoch=1, max_epochs=2).factor(1) == 0.25
+    (line,) = _problems({"policy": "selfsup_core.engine.lr_policies:PolicyTable"})
+    assert line.startswith("lr_config.policy: 'selfsup_core.engine.lr_policies:PolicyTable' is the class ")
+    assert line.endswith("which is not an lr policy class (with a regular_lr method, e.g. a "
+                         "selfsup_core.api.LrPolicy), as lr_policies must be")
