@@ -166,9 +166,12 @@ class CosineAnnealing(LrPolicy):
 
 
 class StepFixCosineAnnealing(CosineAnnealing):
-    """MMSelfSup 0.x's ``StepFixCosineAnnealingLrUpdaterHook``: the cosine starts when the
-    warmup ends (``progress`` and ``max_progress`` both lose the warmup), and its ``linear``
-    warmup ignores ``warmup_ratio`` (``regular * i / W``)."""
+    """MMSelfSup 0.x's ``StepFixCosineAnnealingLrUpdaterHook`` (keys of ``CosineAnnealing``):
+    the cosine starts when the warmup ends. With a warmup of ``W`` iterations
+    (``E = W // iters_per_epoch`` epochs with ``by_epoch``), ``progress`` and ``max_progress``
+    both lose ``W`` (or ``E``), so the regular lr inside the warmup is the cosine at a
+    negative progress (as in 0.x); without a warmup it is ``CosineAnnealing``. Its ``linear``
+    warmup ignores ``warmup_ratio`` (``regular * i / W``); ``constant`` and ``exp`` use it."""
 
     name = "StepFixCosineAnnealing"
 
@@ -196,8 +199,9 @@ class StepFixCosineAnnealing(CosineAnnealing):
 
 
 class Step(LrPolicy):
-    """``base * gamma ** k``, ``k`` the number of listed steps ``<= progress`` (or
-    ``progress // step``), floored at an optional ``min_lr``."""
+    """``step`` = a list of epochs (iterations with ``by_epoch = false``) or one interval,
+    ``gamma = 0.1``, optional ``min_lr`` floor: ``base * gamma ** k``, ``k`` the number of
+    listed steps ``<= progress`` (or ``progress // step``)."""
 
     name = "Step"
     keys = ("step", "gamma", "min_lr")
@@ -232,7 +236,7 @@ class Step(LrPolicy):
 
 
 class Poly(LrPolicy):
-    """``(base - min_lr) * (1 - progress / max_progress) ** power + min_lr``."""
+    """``power = 1.0``, ``min_lr = 0.0``: ``(base - min_lr) * (1 - progress / max_progress) ** power + min_lr``."""
 
     name = "Poly"
     keys = ("power", "min_lr")
@@ -246,7 +250,7 @@ class Poly(LrPolicy):
 
 
 class Exp(LrPolicy):
-    """``base * gamma ** progress``."""
+    """``gamma`` (required): ``base * gamma ** progress``."""
 
     name = "Exp"
     keys = ("gamma",)

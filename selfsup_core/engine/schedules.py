@@ -12,26 +12,10 @@ and momentum schedules for EMA teachers.
     warmup_ratio = 1e-4
     warmup_by_epoch = true       # warmup_iters counts epochs
 
-Policies and their keys (``progress`` is the epoch with ``by_epoch = true``, else the
-iteration; ``max_progress`` is ``max_epochs`` or ``max_epochs * iters_per_epoch``):
-
-* ``CosineAnnealing`` (``min_lr`` or ``min_lr_ratio``; neither means ``min_lr = 0``):
-  ``target + 0.5 * (base - target) * (1 + cos(pi * progress / max_progress))`` with
-  ``target = min_lr`` or ``base * min_lr_ratio``;
-* ``StepFixCosineAnnealing`` (MMSelfSup 0.x's ``StepFixCosineAnnealingLrUpdaterHook``; same
-  keys as ``CosineAnnealing``): the cosine starts after the warmup instead of at 0. With a
-  warmup of ``W`` iterations (``E = W // iters_per_epoch`` epochs with ``by_epoch = true``),
-  ``progress`` and ``max_progress`` both lose ``W`` (or ``E``), so the regular lr inside the
-  warmup is the cosine at a *negative* progress (as in 0.x); without a warmup it is
-  ``CosineAnnealing``. Its ``linear`` warmup ignores ``warmup_ratio`` (0.x's override):
-  ``regular * i / W``; ``constant`` and ``exp`` use it as below;
-* ``step`` (``step`` = a list of epochs (iterations with ``by_epoch = false``) or one
-  interval, ``gamma = 0.1``, optional ``min_lr`` floor): ``base * gamma ** k`` with ``k``
-  the number of listed steps ``<= progress`` (or ``progress // step``);
-* ``Fixed`` / ``constant``: ``base``;
-* ``Poly`` (``power = 1.0``, ``min_lr = 0.0``):
-  ``(base - min_lr) * (1 - progress / max_progress) ** power + min_lr``;
-* ``Exp`` (``gamma``): ``base * gamma ** progress``.
+Each policy is a registered :class:`~selfsup_core.engine.lr_policies.LrPolicy` (entry-point
+group ``selfsup.lr_policies``; ``selfsup-run list lr_policies``): its keys and formula are
+documented there (``progress`` is the epoch with ``by_epoch = true``, else the iteration;
+``max_progress`` is ``max_epochs`` or ``max_epochs * iters_per_epoch``).
 
 Warmup (MMCV ``get_warmup_lr``) applies to iterations ``i < W``, with ``W = warmup_iters``
 or ``warmup_iters * iters_per_epoch`` when ``warmup_by_epoch``, and scales the *regular*
