@@ -278,10 +278,11 @@ BUILTINS: dict[str, type[LrPolicy]] = {
 }
 
 
-def _registered_names() -> list[str]:
+def _registry_of(registries: Any = None) -> Any:
+    """The ``lr_policies`` registry of ``registries`` (None: the registries in use)."""
     from .. import registry as _registry
 
-    return _registry.current()["lr_policies"].names()
+    return (registries if registries is not None else _registry.current())["lr_policies"]
 
 
 def _instance(name: str, obj: Any) -> LrPolicy:
@@ -292,14 +293,13 @@ def _instance(name: str, obj: Any) -> LrPolicy:
     return policy
 
 
-def find_policy(raw: Any) -> LrPolicy:
+def find_policy(raw: Any, registries: Any = None) -> LrPolicy:
     """The policy ``[lr_config] policy = raw`` names: an installed policy (entry-point group
     ``selfsup.lr_policies``, or registered in-process), matched exactly, else ignoring case;
     ``"dist:Name"`` picks a distribution's. Raises :class:`SelfSupError` with the message
-    (no file or key) when there is none, with a did-you-mean over the installed names."""
-    from .. import registry as _registry
-
-    registered = _registry.current()["lr_policies"]
+    (no file or key) when there is none, with a did-you-mean over the installed names.
+    ``registries``: where to look (None: :func:`selfsup_core.registry.current`)."""
+    registered = _registry_of(registries)
     names = registered.names()
     if isinstance(raw, str):
         exact = raw if raw in names or ":" in raw else {n.lower(): n for n in names}.get(raw.lower())
@@ -317,7 +317,7 @@ def installed_policies() -> dict[str, LrPolicy]:
     """Every installed policy by registered name (the built-ins too); ones that fail to
     load are left out (``selfsup-run list lr_policies`` shows their error)."""
     found: dict[str, LrPolicy] = {}
-    for name in [*_registered_names(), *BUILTINS]:
+    for name in [*_registry_of().names(), *BUILTINS]:
         if name not in found:
             try:
                 found[name] = find_policy(name)

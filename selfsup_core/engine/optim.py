@@ -110,13 +110,13 @@ _BLOCK_ID = re.compile(r"(?:^|\.)(?:blocks|layers)\.(\d+)\.")
 _TOKEN_NAMES = frozenset({"cls_token", "pos_embed", "mask_token", "dist_token"})
 
 
-def optimizer_class(name: str) -> Optional[type]:
+def optimizer_class(name: str, registries: Any = None) -> Optional[type]:
     """The optimizer class called ``name``: a registered optimizer (entry-point group
     ``selfsup.optimizers``: selfsup-models's ``LARS``, or another plugin's), else a ``torch.optim`` class;
-    None when neither has it."""
+    None when neither has it. ``registries``: where to look (None: the registries in use)."""
     from .. import registry as _registry
 
-    registered = _registry.current()["optimizers"]
+    registered = (registries if registries is not None else _registry.current())["optimizers"]
     if name in registered:
         return registered.lookup(name).load()
     found = getattr(torch.optim, name, None)
@@ -125,11 +125,11 @@ def optimizer_class(name: str) -> Optional[type]:
     return None
 
 
-def _known_optimizers() -> list[str]:
+def _known_optimizers(registries: Any = None) -> list[str]:
     from .. import registry as _registry
 
-    registered = _registry.current()["optimizers"].names()
-    return registered + sorted(n for n in dir(torch.optim) if n not in registered and optimizer_class(n) is not None)
+    registered = (registries if registries is not None else _registry.current())["optimizers"].names()
+    return registered + sorted(n for n in dir(torch.optim) if n not in registered and optimizer_class(n, registries) is not None)
 
 
 def _is_number(value: Any) -> bool:
@@ -168,6 +168,7 @@ def build_optimizer(
     *,
     config: Optional[Config] = None,
     path: tuple = ("optimizer",),
+    registries: Any = None,
 ) -> torch.optim.Optimizer:
     """Build the optimizer the ``[optimizer]`` table ``cfg`` describes for ``model``.
 
@@ -177,6 +178,7 @@ def build_optimizer(
         cfg: the ``[optimizer]`` table (see the module docstring for its keys).
         config: the whole config, used only to name the file a bad key came from.
         path: the key path of ``cfg`` inside the config, for error messages.
+        registries: where a registered optimizer type is looked up (None: the registries in use).
 
     Returns:
         The optimizer, its param groups carrying the keys listed in the module docstring.
@@ -189,7 +191,7 @@ def build_optimizer(
     """
     problems = Problems(config, path)
     cfg = _as_table(cfg, problems)
-    type_name, klass = _resolve_class(cfg, problems)
+    type_name, klass = _resolve_class(cfg, problems, registries)
     args = {k: v for k, v in cfg.items() if k not in BUILDER_KEYS}
     _check_arguments(klass, type_name, args, problems)
     rules = _parse_paramwise(cfg.get("paramwise_options"), klass, problems)
@@ -218,7 +220,7 @@ def _as_table(cfg: Any, problems: Problems) -> dict[str, Any]:
     return dict(cfg)
 
 
-def _resolve_class(cfg: Mapping[str, Any], problems: Problems) -> tuple[str, type]:
+def _resolve_class(cfg: Mapping[str, Any], problems: Problems, registries: Any = None) -> tuple[str, type]:
     """``(type, class)`` of the optimizer ``cfg["type"]`` names (a registered optimizer or a
     ``torch.optim`` class); a missing, non-string or unknown type is raised at once."""
     type_name = cfg.get("type")
@@ -228,9 +230,10 @@ def _resolve_class(cfg: Mapping[str, Any], problems: Problems) -> tuple[str, typ
                      "missing optimizer 'type' (e.g. \"SGD\", \"AdamW\", \"LARS\")" if type_name is None
                      else f"must be a string naming an optimizer, got {describe_value(type_name)}")
     else:
-        klass = optimizer_class(type_name)
+        klass = optimizer_class(type_name, registries)
         if klass is None:
-            problems.add(("type",), f"unknown optimizer type {type_name!r}{did_you_mean(type_name, _known_optimizers())}"
+            known = _known_optimizers(registries)
+            problems.add(("type",), f"unknown optimizer type {type_name!r}{did_you_mean(type_name, known)}"
                          " (a registered optimizer, see selfsup-run list optimizers, or a torch.optim class name)")
     problems.raise_if_any()
     assert klass is not None and isinstance(type_name, str)

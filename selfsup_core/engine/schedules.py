@@ -189,6 +189,7 @@ def build_lr_schedule(
     max_epochs: int,
     config: Optional[Config] = None,
     path: tuple = ("lr_config",),
+    registries: Any = None,
 ) -> LrSchedule:
     """Build the schedule the ``[lr_config]`` table ``cfg`` describes (None: constant lr).
 
@@ -197,6 +198,7 @@ def build_lr_schedule(
         optimizer: whose param groups :meth:`LrSchedule.step` updates.
         iters_per_epoch: iterations per epoch (>= 1); max_epochs: epochs of the run (>= 1).
         config: the whole config, only to name the file of a bad key; path: where ``cfg`` is.
+        registries: where policies are looked up (None: the registries in use).
 
     Raises:
         ConfigError: unknown policy or key (with a did-you-mean), or a bad value; each
@@ -209,7 +211,7 @@ def build_lr_schedule(
         problems.add((), f"must be a table with a 'policy', got {describe_value(cfg)}")
         problems.raise_if_any()
     try:
-        policy = find_policy(cfg.get("policy", "Fixed"))
+        policy = find_policy(cfg.get("policy", "Fixed"), registries)
     except SelfSupError as exc:
         problems.add(("policy",), str(exc))
         problems.raise_if_any()

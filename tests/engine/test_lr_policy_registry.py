@@ -117,3 +117,17 @@ def test_an_import_path_policy_must_be_a_policy_class():
     assert line.startswith("lr_config.policy: 'selfsup_core.engine.lr_policies:PolicyTable' is the class ")
     assert line.endswith("which is not an lr policy class (with a regular_lr method, e.g. a "
                          "selfsup_core.api.LrPolicy), as lr_policies must be")
+
+
+def test_the_registries_given_are_the_ones_searched(selfsup_registries):
+    """The trainer passes its own registries: a policy registered there is found, whatever
+    registries are in use."""
+    class Quarter(lr_policies.LrPolicy):
+        def regular_lr(self, schedule, progress, max_progress, base_lr):
+            return base_lr / 4
+
+    own = registry.Registries(discover=False)
+    own["lr_policies"].register("Quarter", Quarter)
+    assert build_lr_schedule({"policy": "Quarter"}, None, iters_per_epoch=1, max_epochs=1,
+                             registries=own).factor(0) == 0.25
+    assert _problems({"policy": "Quarter"})[0].startswith("lr_config.policy: unknown lr policy 'Quarter'")
