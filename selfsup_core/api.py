@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-#: public name -> "module" (the module itself) or "module:attribute"
+#: public name -> "module" (the module itself), "module:attribute", or "registry:KIND:NAME"
+#: (the component a plugin registers, e.g. selfsup-models's LARS optimizer)
 _EXPORTS: dict[str, str] = {
     # errors
     "SelfSupError": "selfsup_core.errors:SelfSupError",
@@ -24,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "unwrap_worker_message": "selfsup_core.errors:unwrap_worker_message",
     "describe_exception": "selfsup_core.errors:describe_exception",
     "Problem": "selfsup_core.errors:Problem",
+    "Problems": "selfsup_core.errors:Problems",
     # configs and building components
     "Config": "selfsup_core.config:Config",
     "DELETE_KEY": "selfsup_core.config:DELETE_KEY",
@@ -35,6 +37,8 @@ _EXPORTS: dict[str, str] = {
     "LR_POLICIES": "selfsup_core.engine.lr_policies:POLICIES",
     "LR_COMMON_KEYS": "selfsup_core.engine.lr_policies:COMMON_KEYS",
     "LR_POLICY_KEYS": "selfsup_core.engine.lr_policies:POLICY_KEYS",
+    "LrPolicy": "selfsup_core.engine.lr_policies:LrPolicy",
+    "PolicyTable": "selfsup_core.engine.lr_policies:PolicyTable",
     "load_config": "selfsup_core.config:load_config",
     "resolve_packaged_config": "selfsup_core.packaged_configs:resolve",
     "Builder": "selfsup_core.build:Builder",
@@ -77,7 +81,7 @@ _EXPORTS: dict[str, str] = {
     "images_of": "selfsup_core.engine.data:images_of",
     "loader_batches": "selfsup_core.engine.data:loader_batches",
     "to_device": "selfsup_core.engine.data:to_device",
-    "LARS": "selfsup_core.engine.lars:LARS",
+    "LARS": "registry:optimizers:LARS",
     "build_optimizer": "selfsup_core.engine.optim:build_optimizer",
     "BatchNormNd": "selfsup_core.engine.runtime:BatchNormNd",
     "revert_sync_batchnorm": "selfsup_core.engine.runtime:revert_sync_batchnorm",
@@ -109,6 +113,11 @@ def __getattr__(name: str) -> Any:
 
         raise AttributeError(f"selfsup_core.api has no {name!r}{did_you_mean(name, _EXPORTS)}")
     module_name, _, attribute = target.partition(":")
+    if module_name == "registry":
+        from . import session
+
+        kind, _, component = attribute.partition(":")
+        return session.registries()[kind].get(component)  # not cached: registries can change
     module = importlib.import_module(module_name)
     value = getattr(module, attribute) if attribute else module
     globals()[name] = value  # later lookups skip this function

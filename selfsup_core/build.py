@@ -29,12 +29,12 @@ from . import import_paths as _import_paths
 from . import registry as _registry
 from . import session as _session
 from .config import Config, KeyPath
-from .errors import ConfigError, Problem, SelfSupError, describe_exception, did_you_mean
-from .value_checks import component_value_problem, range_problem, scalar_fits_class
+from .errors import ConfigError, Problems, SelfSupError, describe_exception, did_you_mean
+from .value_checks import component_item_problem, component_value_problem, range_problem, scalar_fits_class
 
 #: Kinds the trainer builds itself from its own tables (``[optimizer]`` gets the model's
 #: parameters; ``[runner] distributed`` names a runtime): no config key holds them as components.
-_NOT_CONFIG_KEYS = ("optimizers", "runtimes")
+_NOT_CONFIG_KEYS = ("optimizers", "runtimes", "lr_policies")
 def _config_kinds(registries: Any) -> list[str]:
     """The kinds a config table can name by ``type`` alone (all but :data:`_NOT_CONFIG_KEYS`)."""
     return [kind for kind in registries if kind not in _NOT_CONFIG_KEYS]
@@ -91,7 +91,7 @@ class Builder:
     def __init__(self, config: Config | None = None, registries: _registry.Registries | None = None) -> None:
         self.config = config if config is not None else Config({})
         self.registries = registries if registries is not None else _session.registries()
-        self.problems: list[Problem] = []
+        self.problems = Problems(self.config)
         self._causes: list[BaseException] = []
 
     # -- public -----------------------------------------------------------------------------
@@ -117,7 +117,7 @@ class Builder:
     def raise_problems(self) -> None:
         """Raise one :class:`ConfigError` listing every problem found so far, if any."""
         if self.problems:
-            problems, self.problems = self.problems, []
+            problems, self.problems = self.problems, Problems(self.config)
             cause = self._causes[0] if self._causes else None
             raise ConfigError(problems) from cause
 
@@ -155,7 +155,7 @@ class Builder:
         return planned
 
     def _problem(self, path: KeyPath, message: str, cause: BaseException | None = None) -> None:
-        self.problems.append(self.config.problem(path, message))
+        self.problems.add(path, message)
         if cause is not None:
             self._causes.append(cause)
 
@@ -476,25 +476,24 @@ def build_hooks(config: Config, registries: _registry.Registries | None = None) 
     ConfigError lists the problems of all that could not be built (a constructor's ValueError
     included), each with its config path.
     """
-    tables = config.data.get("hooks", [])
-    if isinstance(tables, Mapping):
-        tables = [tables]
+    raw = config.data.get("hooks", [])
+    tables = [raw] if isinstance(raw, Mapping) else raw
     hooks: list[tuple[str, Any]] = []
-    problems: list[Problem] = []
-    if not isinstance(tables, list):
-        raise ConfigError(config.problem(("hooks",), "must be an array of tables [[hooks]], each with a 'type' "
-                                         f"naming a hook component, got {describe_value(tables)}"))
+    problems = Problems(config)
+    if not isinstance(tables, list) or (isinstance(raw, Mapping) and "type" not in raw):
+        # the texts validate() gives, so that --check, which runs both, says it once
+        problems.add(("hooks",), component_value_problem("hooks", raw, "hooks")
+                     or f"must be an array of tables [[hooks]], each with a 'type', got {describe_value(raw)}")
+        problems.raise_if_any()
     for index, table in enumerate(tables):
-        if not isinstance(table, Mapping) or not isinstance(table.get("type"), str):
-            problems.append(config.problem(("hooks", index), "must be a table with a 'type' naming a hook component, "
-                                           f"got {describe_value(table)}"))
+        if not isinstance(table, Mapping) or "type" not in table:
+            problems.add(("hooks",), component_item_problem(index, table, "hooks"))
             continue
         try:
             hooks.append((f"hooks.{index}.{table['type']}", Builder(config, registries).build(table, "hooks", ("hooks", index))))
         except ConfigError as exc:
-            problems += exc.problems
-    if problems:
-        raise ConfigError(problems)
+            problems.extend(exc.problems)
+    problems.raise_if_any()
     return hooks
 
 

@@ -301,10 +301,10 @@ def _check_trainer_sections(config: Any, model: Any) -> None:
     from .engine.optim import build_optimizer
     from .engine.schedules import build_lr_schedule
     from .engine.settings import read_settings
-    from .errors import ConfigError
+    from .errors import ConfigError, Problems
     from .sections import section_problems
 
-    problems = []
+    problems = Problems(config)
     max_epochs = 1
     try:
         max_epochs = read_settings(config).max_epochs

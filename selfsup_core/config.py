@@ -25,7 +25,7 @@ from typing import Any, Union
 import attrs
 
 from ._compat import tomllib
-from .errors import ConfigError, Problem, describe_exception
+from .errors import ConfigError, Problem, Problems, describe_exception
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
@@ -340,7 +340,7 @@ def parse_override(text: str) -> tuple[KeyPath, Any]:
 
 def apply_overrides(config: Config, overrides: Iterable[str]) -> None:
     """Apply ``KEY=VALUE`` overrides in order; all bad ones are reported together."""
-    problems = []
+    problems = Problems()
     for text in overrides:
         try:
             keys, value = parse_override(text)
@@ -352,8 +352,7 @@ def apply_overrides(config: Config, overrides: Iterable[str]) -> None:
             problems.append(Problem(f"bad {OVERRIDE_ORIGIN} {text!r}: {problem}", config.filename, format_key(keys)))
         else:
             _record(config.origins, written, node, OVERRIDE_ORIGIN)
-    if problems:
-        raise ConfigError(problems)
+    problems.raise_if_any()
 
 
 def _assign(data: dict[str, Any], keys: KeyPath, value: Any) -> tuple[KeyPath, Any, str | None]:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import attrs
 
@@ -47,6 +48,59 @@ class ConfigError(SelfSupError):
             problems = [problems]
         self.problems: tuple[Problem, ...] = tuple(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class Problems:
+    """The problems one validation pass finds, raised together as one :class:`ConfigError`.
+
+    A pass makes one collector for the table it checks (``config``: the whole config, to
+    name the file each key came from; ``path``: where the table sits in it), calls
+    :meth:`add` for every problem it finds and :meth:`raise_if_any` where it cannot go on
+    (and once at the end), so the user sees every problem at once, one line each. A line
+    already collected is not added twice.
+    """
+
+    def __init__(self, config: Any = None, path: Iterable[str | int] = ()) -> None:
+        self.config, self.path = config, tuple(path)
+        self.items: list[Problem] = []
+
+    def add(self, keys: Iterable[str | int], message: str) -> Problem:
+        """Collect ``message`` about the key ``path + keys`` (``keys = ()``: the table itself)."""
+        full = (*self.path, *keys)
+        if self.config is not None:
+            problem = self.config.problem(full, message)
+        else:
+            problem = Problem(message, None, ".".join(str(k) for k in full))
+        return self.append(problem)
+
+    def append(self, problem: Problem) -> Problem:
+        """Collect a ready-made :class:`Problem` (kept once however often it is given)."""
+        if problem not in self.items:
+            self.items.append(problem)
+        return problem
+
+    def extend(self, problems: Iterable[Problem]) -> None:
+        """Collect several ready-made problems (a nested pass's :class:`ConfigError`)."""
+        for problem in problems:
+            self.append(problem)
+
+    def __iadd__(self, problems: Iterable[Problem]) -> Problems:
+        self.extend(problems)
+        return self
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Problem]:
+        return iter(self.items)
+
+    def raise_if_any(self) -> None:
+        """Raise one :class:`ConfigError` listing every problem collected so far, if any."""
+        if self.items:
+            raise ConfigError(self.items)
 
 
 class UnknownComponentError(SelfSupError, LookupError):

@@ -45,6 +45,7 @@ EXPECTED: dict[str, str] = {
     "transforms": "a transform class (its instances callable)",
     "hooks": "a hook class (with selfsup_* hook methods)",
     "evaluators": "an evaluator class (with an evaluate method)",
+    "lr_policies": "an lr policy class (with a regular_lr method, e.g. a selfsup_core.api.LrPolicy)",
 }
 
 
@@ -164,6 +165,8 @@ def _fits(klass: type, kind: str) -> bool:
         return any(callable(getattr(klass, name, None)) for name in names)
     if kind == "evaluators":
         return callable(getattr(klass, "evaluate", None))
+    if kind == "lr_policies":
+        return callable(getattr(klass, "regular_lr", None))
     return False
 
 

@@ -50,6 +50,7 @@ KINDS: dict[str, str] = {
     "evaluators": "selfsup.evaluators",
     "runtimes": "selfsup.runtimes",
     "optimizers": "selfsup.optimizers",
+    "lr_policies": "selfsup.lr_policies",
 }
 #: Singular spellings accepted for each kind (``list backbone``, ``[model.backbone]``).
 KIND_ALIASES: dict[str, str] = {
@@ -65,6 +66,7 @@ KIND_ALIASES: dict[str, str] = {
     "evaluator": "evaluators",
     "runtime": "runtimes",
     "optimizer": "optimizers",
+    "lr_policy": "lr_policies",
 }
 #: Provider name of components registered in-process (tests, notebooks).
 IN_PROCESS = "<in-process>"

@@ -50,9 +50,16 @@ def component_value_problem(key: str | int, value: Any, kind: str) -> str | None
                 if problem:
                     return f"item {index}: {problem}"
             elif not (isinstance(item, Mapping) and "type" in item):
-                return f"item {index} must be {what}, got {_describe(item)}"
+                return component_item_problem(index, item, kind)
         return None
     return f"must be {what}, got {_describe(value)}"
+
+
+def component_item_problem(index: int, item: Any, kind: str) -> str:
+    """The problem of item ``index`` of a list of ``kind`` components that is not a table with
+    a ``type`` (the same text :func:`component_value_problem` gives for the first such item);
+    used by :func:`selfsup_core.build.build_hooks` so that a bad hook is reported once."""
+    return f"item {index} must be a table with a 'type' naming a {kind.rstrip('s')} component, got {_describe(item)}"
 
 
 def range_problem(key: str, value: Any) -> str | None:

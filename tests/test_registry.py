@@ -186,7 +186,7 @@ def test_kinds_accept_singular_and_plural_and_reject_unknown():
     assert set(registry.KINDS.values()) == {
         "selfsup.algorithms", "selfsup.backbones", "selfsup.necks", "selfsup.heads", "selfsup.memories",
         "selfsup.datasets", "selfsup.data_sources", "selfsup.transforms", "selfsup.hooks", "selfsup.evaluators",
-        "selfsup.runtimes", "selfsup.optimizers",
+        "selfsup.runtimes", "selfsup.optimizers", "selfsup.lr_policies",
     }
 
 

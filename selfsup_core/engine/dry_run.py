@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config
-from ..errors import ConfigError, Problem, SelfSupError, describe_exception
+from ..errors import ConfigError, Problems, SelfSupError, describe_exception
 
 DRY_RUN_SAMPLES = 2
 
@@ -33,15 +33,15 @@ def preflight(config: Config) -> None:
     from ..sections import check_sections
     from .settings import read_settings
 
-    problems: list[Problem] = []
+    problems = Problems(config)
     if not isinstance(config.data.get("model"), Mapping):
-        problems.append(config.problem(("model",), "missing [model] table (the algorithm to train), e.g. [model] "
-                                                   "type = \"SimCLR\"" if "model" not in config.data else
-                                       "must be a table with a 'type' naming an algorithm"))
+        problems.add(("model",), "missing [model] table (the algorithm to train), e.g. [model] "
+                                 "type = \"SimCLR\"" if "model" not in config.data else
+                     "must be a table with a 'type' naming an algorithm")
     data = config.data.get("data")
     train = data.get("train") if isinstance(data, Mapping) else None
     if isinstance(train, Mapping) and "type" not in train:
-        problems.append(config.problem(("data", "train"), "missing the dataset's type, e.g. type = \"MultiViewDataset\""))
+        problems.add(("data", "train"), "missing the dataset's type, e.g. type = \"MultiViewDataset\"")
     steps = [lambda: validate(config), lambda: check_sections(config)]
     if "runner" in config.data or "data" in config.data:
         steps += [lambda: read_settings(config), lambda: build_hooks(config)]
@@ -49,9 +49,8 @@ def preflight(config: Config) -> None:
         try:
             step()
         except ConfigError as exc:
-            problems += [p for p in exc.problems if p not in problems]
-    if problems:
-        raise ConfigError(problems)
+            problems.extend(exc.problems)
+    problems.raise_if_any()
 
 
 #: torch error texts -> the config key that most likely caused them

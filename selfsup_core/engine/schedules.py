@@ -12,26 +12,10 @@ and momentum schedules for EMA teachers.
     warmup_ratio = 1e-4
     warmup_by_epoch = true       # warmup_iters counts epochs
 
-Policies and their keys (``progress`` is the epoch with ``by_epoch = true``, else the
-iteration; ``max_progress`` is ``max_epochs`` or ``max_epochs * iters_per_epoch``):
-
-* ``CosineAnnealing`` (``min_lr`` or ``min_lr_ratio``; neither means ``min_lr = 0``):
-  ``target + 0.5 * (base - target) * (1 + cos(pi * progress / max_progress))`` with
-  ``target = min_lr`` or ``base * min_lr_ratio``;
-* ``StepFixCosineAnnealing`` (MMSelfSup 0.x's ``StepFixCosineAnnealingLrUpdaterHook``; same
-  keys as ``CosineAnnealing``): the cosine starts after the warmup instead of at 0. With a
-  warmup of ``W`` iterations (``E = W // iters_per_epoch`` epochs with ``by_epoch = true``),
-  ``progress`` and ``max_progress`` both lose ``W`` (or ``E``), so the regular lr inside the
-  warmup is the cosine at a *negative* progress (as in 0.x); without a warmup it is
-  ``CosineAnnealing``. Its ``linear`` warmup ignores ``warmup_ratio`` (0.x's override):
-  ``regular * i / W``; ``constant`` and ``exp`` use it as below;
-* ``step`` (``step`` = a list of epochs (iterations with ``by_epoch = false``) or one
-  interval, ``gamma = 0.1``, optional ``min_lr`` floor): ``base * gamma ** k`` with ``k``
-  the number of listed steps ``<= progress`` (or ``progress // step``);
-* ``Fixed`` / ``constant``: ``base``;
-* ``Poly`` (``power = 1.0``, ``min_lr = 0.0``):
-  ``(base - min_lr) * (1 - progress / max_progress) ** power + min_lr``;
-* ``Exp`` (``gamma``): ``base * gamma ** progress``.
+Each policy is a registered :class:`~selfsup_core.engine.lr_policies.LrPolicy` (entry-point
+group ``selfsup.lr_policies``; ``selfsup-run list lr_policies``): its keys and formula are
+documented there (``progress`` is the epoch with ``by_epoch = true``, else the iteration;
+``max_progress`` is ``max_epochs`` or ``max_epochs * iters_per_epoch``).
 
 Warmup (MMCV ``get_warmup_lr``) applies to iterations ``i < W``, with ``W = warmup_iters``
 or ``warmup_iters * iters_per_epoch`` when ``warmup_by_epoch``, and scales the *regular*
@@ -55,9 +39,9 @@ from typing import Any, Optional
 import torch
 
 from ..build import describe_value
-from ..config import Config, format_key
-from ..errors import ConfigError, Problem, did_you_mean
-from .lr_policies import COMMON_KEYS, POLICIES, POLICY_KEYS, WARMUPS
+from ..config import Config
+from ..errors import Problems, SelfSupError, did_you_mean
+from .lr_policies import COMMON_KEYS, WARMUPS, LrPolicy, PolicyTable, annealing_cos, find_policy
 
 __all__ = [
     "LrSchedule",
@@ -67,11 +51,6 @@ __all__ = [
     "cosine_momentum",
 ]
 
-
-
-def annealing_cos(start: float, end: float, factor: float, weight: float = 1.0) -> float:
-    """Cosine from ``start`` (``factor = 0``) to ``end`` (``factor = 1``), MMCV's formula."""
-    return end + 0.5 * weight * (start - end) * (math.cos(math.pi * factor) + 1)
 
 
 class LrSchedule:
@@ -85,7 +64,8 @@ class LrSchedule:
             gets its current ``lr`` as ``initial_lr`` here (MMCV's ``before_run``).
         iters_per_epoch: iterations in one epoch (>= 1).
         max_epochs: epochs of the run (>= 1).
-        policy: canonical policy name (see :data:`POLICIES`).
+        policy: a policy name (looked up with :func:`~selfsup_core.engine.lr_policies.find_policy`)
+            or a policy object (:class:`~selfsup_core.engine.lr_policies.LrPolicy`).
         by_epoch, warmup, warmup_iters, warmup_ratio, warmup_by_epoch: as in ``[lr_config]``.
         options: the policy's own keys (``min_lr``, ``step``, ``gamma`` ...).
     """
@@ -96,7 +76,7 @@ class LrSchedule:
         *,
         iters_per_epoch: int,
         max_epochs: int,
-        policy: str = "Fixed",
+        policy: str | LrPolicy = "Fixed",
         by_epoch: bool = True,
         warmup: Optional[str] = None,
         warmup_iters: int = 0,
@@ -111,7 +91,8 @@ class LrSchedule:
         self.optimizer = optimizer
         self.iters_per_epoch = iters_per_epoch
         self.max_epochs = max_epochs
-        self.policy = policy
+        self.policy_object = find_policy(policy) if isinstance(policy, str) else policy
+        self.policy = policy = self.policy_object.name
         self.by_epoch = by_epoch
         self.warmup = warmup
         self.warmup_ratio = float(warmup_ratio)
@@ -134,50 +115,14 @@ class LrSchedule:
             progress, max_progress = iteration // self.iters_per_epoch, self.max_epochs
         else:
             progress, max_progress = iteration, self.max_iters
-        o = self.options
-        if self.policy == "Fixed":
-            return base_lr
-        if self.policy == "StepFixCosineAnnealing" and self.warmup is not None:
-            # 0.x removes the warmup from both ends: the cosine starts when the warmup ends.
-            shift = self.warmup_iters // self.iters_per_epoch if self.by_epoch else self.warmup_iters
-            progress, max_progress = progress - shift, max_progress - shift
-        if self.policy in ("CosineAnnealing", "StepFixCosineAnnealing"):
-            if o.get("min_lr_ratio") is not None:
-                target = base_lr * o["min_lr_ratio"]
-            else:
-                target = o.get("min_lr", 0.0)
-            return annealing_cos(base_lr, target, progress / max_progress)
-        if self.policy == "Step":
-            step = o["step"]
-            if isinstance(step, int):
-                exponent = progress // step
-            else:
-                exponent = next((i for i, s in enumerate(step) if progress < s), len(step))
-            lr = base_lr * o.get("gamma", 0.1) ** exponent
-            if o.get("min_lr") is not None:
-                lr = max(lr, o["min_lr"])
-            return lr
-        if self.policy == "Poly":
-            min_lr = o.get("min_lr", 0.0)
-            coeff = (1 - progress / max_progress) ** o.get("power", 1.0)
-            return (base_lr - min_lr) * coeff + min_lr
-        if self.policy == "Exp":
-            return base_lr * o["gamma"] ** progress
-        raise AssertionError(f"unknown policy {self.policy!r}")
+        return self.policy_object.regular_lr(self, progress, max_progress, base_lr)
 
     def lr_at(self, iteration: int, base_lr: float) -> float:
         """The lr at global ``iteration`` (0-based) of a group whose base lr is ``base_lr``."""
         regular = self.regular_lr(iteration, base_lr)
         if self.warmup is None or iteration >= self.warmup_iters:
             return regular
-        if self.warmup == "constant":
-            return regular * self.warmup_ratio
-        if self.warmup == "linear" and self.policy == "StepFixCosineAnnealing":
-            return regular * (iteration / self.warmup_iters)  # 0.x ignores warmup_ratio here
-        if self.warmup == "linear":
-            k = (1 - iteration / self.warmup_iters) * (1 - self.warmup_ratio)
-            return regular * (1 - k)
-        return regular * self.warmup_ratio ** (1 - iteration / self.warmup_iters)  # exp
+        return self.policy_object.warmup_lr(self, iteration, regular)
 
     def factor(self, iteration: int) -> float:
         """``lr_at(iteration, 1.0)``: the multiplier of the base lr (exact unless an absolute
@@ -244,6 +189,7 @@ def build_lr_schedule(
     max_epochs: int,
     config: Optional[Config] = None,
     path: tuple = ("lr_config",),
+    registries: Any = None,
 ) -> LrSchedule:
     """Build the schedule the ``[lr_config]`` table ``cfg`` describes (None: constant lr).
 
@@ -252,119 +198,64 @@ def build_lr_schedule(
         optimizer: whose param groups :meth:`LrSchedule.step` updates.
         iters_per_epoch: iterations per epoch (>= 1); max_epochs: epochs of the run (>= 1).
         config: the whole config, only to name the file of a bad key; path: where ``cfg`` is.
+        registries: where policies are looked up (None: the registries in use).
 
     Raises:
         ConfigError: unknown policy or key (with a did-you-mean), or a bad value; each
             problem names the file and the dotted key.
     """
-    problems: list[Problem] = []
-
-    def problem(keys: tuple, message: str) -> None:
-        full = (*path, *keys)
-        problems.append(config.problem(full, message) if config is not None
-                        else Problem(message, None, format_key(full)))
-
     if cfg is None:
         return LrSchedule(optimizer, iters_per_epoch=iters_per_epoch, max_epochs=max_epochs)
+    problems = Problems(config, path)
     if not isinstance(cfg, Mapping):
-        problem((), f"must be a table with a 'policy', got {describe_value(cfg)}")
-        raise ConfigError(problems)
-    cfg = dict(cfg)
-    raw_policy = cfg.get("policy", "Fixed")
-    policy = POLICIES.get(raw_policy.lower()) if isinstance(raw_policy, str) else None
-    if policy is None:
-        names = ["CosineAnnealing", "StepFixCosineAnnealing", "step", "Fixed", "constant", "Poly", "Exp"]
-        hint = did_you_mean(str(raw_policy), [*names, "cosine"]) or f"; policies are {', '.join(names)}"
-        problem(("policy",), f"unknown lr policy {raw_policy!r}{hint}")
-        raise ConfigError(problems)
-    allowed = (*COMMON_KEYS, *POLICY_KEYS[policy])
-    for key in cfg:
+        problems.add((), f"must be a table with a 'policy', got {describe_value(cfg)}")
+        problems.raise_if_any()
+    try:
+        policy = find_policy(cfg.get("policy", "Fixed"), registries)
+    except SelfSupError as exc:
+        problems.add(("policy",), str(exc))
+        problems.raise_if_any()
+    table = PolicyTable(cfg, problems)
+    _check_keys(table, policy)
+    common = _read_common(table, iters_per_epoch=iters_per_epoch, max_epochs=max_epochs)
+    options = policy.read(table, common)
+    problems.raise_if_any()
+    return LrSchedule(optimizer, iters_per_epoch=iters_per_epoch, max_epochs=max_epochs, policy=policy,
+                      by_epoch=common["by_epoch"], warmup=common["warmup"], warmup_iters=common["warmup_iters"],
+                      warmup_ratio=common["warmup_ratio"], warmup_by_epoch=common["warmup_by_epoch"],
+                      options=options)
+
+
+def _check_keys(table: PolicyTable, policy: LrPolicy) -> None:
+    """One problem per key of ``[lr_config]`` that neither every policy nor ``policy`` reads."""
+    allowed = (*COMMON_KEYS, *policy.keys)
+    for key in table.table:
         if key not in allowed:
             hint = did_you_mean(key, allowed) or f"; it takes {', '.join(allowed)}"
-            problem((key,), f"unknown key of lr policy {policy}{hint}")
+            table.problem((key,), f"unknown key of lr policy {policy.name}{hint}")
 
-    def number(key: str, default: Any, *, positive: bool = False, integer: bool = False) -> Any:
-        value = cfg.get(key, default)
-        if value is None:
-            return None
-        kinds = int if integer else (int, float)
-        if not isinstance(value, kinds) or isinstance(value, bool):
-            problem((key,), f"must be {'an integer' if integer else 'a number'}, got {describe_value(value)}")
-        elif value < 0 or (positive and value == 0):
-            problem((key,), f"must be {'> 0' if positive else '>= 0'}, got {value!r}")
-        return value
 
-    def flag(key: str, default: bool) -> bool:
-        value = cfg.get(key, default)
-        if not isinstance(value, bool):
-            problem((key,), f"must be true or false, got {describe_value(value)}")
-            return default
-        return value
-
-    by_epoch = flag("by_epoch", True)
-    warmup_by_epoch = flag("warmup_by_epoch", False)
-    warmup = cfg.get("warmup")
+def _read_common(table: PolicyTable, *, iters_per_epoch: int, max_epochs: int) -> dict[str, Any]:
+    """The checked keys every policy reads (``by_epoch`` and the warmup), plus the run length,
+    as given to :meth:`LrPolicy.read`."""
+    by_epoch = table.flag("by_epoch", True)
+    warmup_by_epoch = table.flag("warmup_by_epoch", False)
+    warmup = table.get("warmup")
     if warmup is False or (isinstance(warmup, str) and warmup.lower() in ("none", "")):
         warmup = None
     if warmup is not None and warmup not in WARMUPS:
         hint = did_you_mean(str(warmup), WARMUPS) or '; use "linear", "constant", "exp" or leave it out'
-        problem(("warmup",), f"unknown warmup {warmup!r}{hint}")
+        table.problem(("warmup",), f"unknown warmup {warmup!r}{hint}")
         warmup = None
-    warmup_iters = number("warmup_iters", 0, integer=True, positive=warmup is not None)
-    warmup_ratio = number("warmup_ratio", 0.1, positive=True)
-    if warmup is not None and "warmup_iters" not in cfg:
-        problem(("warmup_iters",), f"warmup = {warmup!r} needs warmup_iters (> 0)")
+    warmup_iters = table.number("warmup_iters", 0, integer=True, positive=warmup is not None)
+    warmup_ratio = table.number("warmup_ratio", 0.1, positive=True)
+    if warmup is not None and "warmup_iters" not in table:
+        table.problem(("warmup_iters",), f"warmup = {warmup!r} needs warmup_iters (> 0)")
     if _is_num(warmup_ratio) and warmup_ratio > 1:
-        problem(("warmup_ratio",), f"must be in (0, 1], got {warmup_ratio!r}")
-
-    options: dict[str, Any] = {}
-    if policy in ("CosineAnnealing", "StepFixCosineAnnealing"):
-        min_lr = number("min_lr", None)
-        ratio = number("min_lr_ratio", None)
-        if min_lr is not None and ratio is not None:
-            problem(("min_lr_ratio",), "give min_lr or min_lr_ratio, not both")
-        options = {"min_lr": min_lr} if ratio is None else {"min_lr_ratio": ratio}
-        if min_lr is None and ratio is None:
-            options = {"min_lr": 0.0}
-        if policy == "StepFixCosineAnnealing" and warmup is not None and _is_num(warmup_iters):
-            warm = warmup_iters * iters_per_epoch if warmup_by_epoch else warmup_iters
-            if by_epoch and warm // iters_per_epoch >= max_epochs or warm >= max_epochs * iters_per_epoch:
-                problem(("warmup_iters",), "the warmup must end before the run does (StepFixCosineAnnealing "
-                        "anneals over the rest); lower warmup_iters")
-    elif policy == "Step":
-        step = cfg.get("step")
-        if step is None:
-            problem((), "lr policy step needs step = [epochs...] or step = <interval>")
-        elif isinstance(step, list):
-            if not step or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in step):
-                problem(("step",), f"must be a non-empty list of integers > 0, got {describe_value(step)}")
-            elif step != sorted(step):
-                problem(("step",), f"must be in increasing order, got {step!r}")
-        elif not isinstance(step, int) or isinstance(step, bool) or step <= 0:
-            problem(("step",), f"must be an integer > 0 or a list of them, got {describe_value(step)}")
-        options = {"step": list(step) if isinstance(step, list) else step, "gamma": number("gamma", 0.1)}
-        if cfg.get("min_lr") is not None:
-            options["min_lr"] = number("min_lr", None)
-    elif policy == "Poly":
-        options = {"power": number("power", 1.0), "min_lr": number("min_lr", 0.0)}
-    elif policy == "Exp":
-        if "gamma" not in cfg:
-            problem((), "lr policy Exp needs gamma")
-        options = {"gamma": number("gamma", 1.0)}
-    if problems:
-        raise ConfigError(problems)
-    return LrSchedule(
-        optimizer,
-        iters_per_epoch=iters_per_epoch,
-        max_epochs=max_epochs,
-        policy=policy,
-        by_epoch=by_epoch,
-        warmup=warmup,
-        warmup_iters=warmup_iters,
-        warmup_ratio=warmup_ratio,
-        warmup_by_epoch=warmup_by_epoch,
-        options=options,
-    )
+        table.problem(("warmup_ratio",), f"must be in (0, 1], got {warmup_ratio!r}")
+    return {"by_epoch": by_epoch, "warmup_by_epoch": warmup_by_epoch, "warmup": warmup,
+            "warmup_iters": warmup_iters, "warmup_ratio": warmup_ratio,
+            "iters_per_epoch": iters_per_epoch, "max_epochs": max_epochs}
 
 
 def _is_num(value: Any) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 
 from ..config import Config, KeyPath
-from ..errors import ConfigError, Problem, did_you_mean
+from ..errors import ConfigError, Problem, Problems, did_you_mean
 from ..sections import CORE_SECTIONS, top_level_problems
 
 #: The core's top-level keys; plugins declare theirs (``selfsup_config_sections``), so that a
@@ -209,7 +209,7 @@ def check_table(
     section: str,
     table: Mapping[str, Any],
     schema: Mapping[str, KeySpec],
-    problems: list[Problem],
+    problems: Problems | list[Problem],
     passthrough: Iterable[str] = (),
 ) -> dict[str, Any]:
     """The attributes ``schema`` reads from ``table`` (the ``[section]`` of ``config``; ``""``:
@@ -243,25 +243,24 @@ def read_settings(config: Config, plugin_manager: Any = None) -> RunSettings:
     """The :class:`RunSettings` of ``config``; raises one ConfigError listing every problem.
     Top-level keys are checked against the core's and those the plugins of ``plugin_manager``
     (default: the process-wide one) declare."""
-    problems: list[Problem] = []
+    problems = Problems(config)
     data = config.data
     problems += top_level_problems(config, plugin_manager)
     values: dict[str, Any] = {}
     for section in ("", *_SECTIONS):
         table = data if section == "" else data.get(section, {})
         if section and not isinstance(table, Mapping):
-            problems.append(config.problem((section,), f"must be a table, got {type(table).__name__}"))
+            problems.add((section,), f"must be a table, got {type(table).__name__}")
             continue
         schema = {k: spec for (s, k), spec in _SCHEMA.items() if s == section}
         passthrough = [k for (s, k) in _PASSTHROUGH if s == section]
         values.update(check_table(config, section, table, schema, problems, passthrough))
     if "max_epochs" not in values and not any(p.key == "runner.max_epochs" for p in problems):
-        problems.append(config.problem(("runner",), "missing max_epochs: add [runner] max_epochs = N"))
+        problems.add(("runner",), "missing max_epochs: add [runner] max_epochs = N")
     data_table = data.get("data")
     if not isinstance(data_table, Mapping) or "train" not in data_table:
-        problems.append(config.problem(("data",), "missing the training dataset: add a [data.train] table with a type"))
-    if problems:
-        raise ConfigError(problems)
+        problems.add(("data",), "missing the training dataset: add a [data.train] table with a type")
+    problems.raise_if_any()
     return RunSettings(**values)
 
 

@@ -238,7 +238,7 @@ class Trainer:
         from .schedules import build_lr_schedule
 
         self.optimizer = build_optimizer(model, self.config.data.get("optimizer", {"type": "SGD", "lr": 0.1}),
-                                         config=self.config, path=("optimizer",))
+                                         config=self.config, path=("optimizer",), registries=self.registries)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
 
         from .data_path import build_data_path  # resident on the device, or a DataLoader
@@ -252,7 +252,7 @@ class Trainer:
                 f"per process x {self.world_size} processes with drop_last; lower samples_per_gpu"))
         self.lr_schedule = build_lr_schedule(self.config.data.get("lr_config"), self.optimizer,
                                              iters_per_epoch=self.iters_per_epoch, max_epochs=self.max_epochs,
-                                             config=self.config, path=("lr_config",))
+                                             config=self.config, path=("lr_config",), registries=self.registries)
         from .schedules import warmup_warning
 
         self._warmup_warning = warmup_warning(self.lr_schedule, self.max_epochs * self.iters_per_epoch)

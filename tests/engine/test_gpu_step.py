@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from selfsup_core.engine.lars import LARS
+from selfsup_core.api import LARS
 from selfsup_core.engine.settings import read_settings
 from selfsup_core.config import Config
 

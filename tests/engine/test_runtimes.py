@@ -40,4 +40,4 @@ def test_trainer_kinds_are_not_config_components(write_config):
 
     config = load_config(write_config(), ['optimizer.type="LARS"'])
     validate(config)  # no "missing required argument 'params'"
-    assert session.registries()["optimizers"].lookup("LARS").dist == "selfsup-core"
+    assert session.registries()["optimizers"].lookup("LARS").dist == "selfsup-models"

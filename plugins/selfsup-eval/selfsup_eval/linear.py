@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup_core.api import LARS, dist
+from selfsup_core.api import dist
 
 from .evaluation import EvalContext
 
@@ -165,7 +165,7 @@ class LinearProbe:
         feature, pool: which features and how they are pooled (see :mod:`selfsup_eval.features`).
         num_classes: classifier outputs; default: the largest train label + 1.
         bn: put ``BatchNorm1d(affine=False)`` before the linear layer (MAE); false: none (MoCo).
-        optimizer: ``"SGD"`` or ``"LARS"`` (:class:`selfsup_core.engine.lars.LARS`).
+        optimizer: ``"SGD"`` or ``"LARS"`` (selfsup-models's ``LARS``, :data:`selfsup_core.api.LARS`).
         lr: base learning rate for a total batch of 256. The learning rate used is
             ``lr * batch_size * world_size / 256`` (MAE's linear scaling rule).
         momentum, weight_decay: of the optimizer.
@@ -331,6 +331,8 @@ class LinearProbe:
         weight only."""
         linear = _linear(classifier)
         if self.optimizer == "LARS":
+            from selfsup_core.api import LARS  # selfsup-models's registered optimizer, looked up when used
+
             return LARS([{"params": [linear.weight]},
                          {"params": [linear.bias], "weight_decay": 0.0, "lars_exclude": True}],
                         lr=lr, momentum=self.momentum, weight_decay=self.weight_decay)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from selfsup_core.api import Config, ConfigError, load_summary
+from selfsup_core.api import Config, Problems, load_summary
 
 
 def pretrained_reports(model: Any) -> list[tuple[str, Any]]:
@@ -41,7 +41,8 @@ def check_loaded_share(config: Config, model: Any, min_share: float) -> list[str
     """Raise one :class:`ConfigError` line per pretrained module of ``model`` that loaded less
     than ``min_share`` of its tensors; returns the summary lines (one per module) otherwise.
     Called by ``selfsup-run eval`` after the model is built."""
-    lines, problems = [], []
+    lines: list[str] = []
+    problems = Problems(config)
     for name, report in pretrained_reports(model):
         what = f"{name or 'model'} tensors"
         total = len(report.loaded) + len(report.missing) + len(report.mismatched)
@@ -50,9 +51,8 @@ def check_loaded_share(config: Config, model: Any, min_share: float) -> list[str
         share = len(report.loaded) / total if total else 1.0
         if share < min_share:
             path = ("model", *name.split("."), "init_cfg") if name else ("model", "init_cfg")
-            problems.append(config.problem(path, f"{summary}: below [evaluation] min_loaded_share = {min_share}; "
-                                                 "fix the checkpoint or its prefix, or lower min_loaded_share"))
+            problems.add(path, f"{summary}: below [evaluation] min_loaded_share = {min_share}; "
+                               "fix the checkpoint or its prefix, or lower min_loaded_share")
         lines.append(summary)
-    if problems:
-        raise ConfigError(problems)
+    problems.raise_if_any()
     return lines

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from selfsup_eval.evaluation import EvalContext
-from selfsup_core.engine.lars import LARS
+from selfsup_core.api import LARS
 from selfsup_core.testing import run_ranks
 from selfsup_eval.linear import LinearProbe, cosine_lr, has_random_transforms, random_transforms, score
 
