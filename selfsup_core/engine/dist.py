@@ -6,6 +6,7 @@ or many GPUs under ``torchrun``.
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -48,12 +49,13 @@ def launched_by_torchrun() -> bool:
     return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
 
 
-def init_from_env(device_type: str) -> DistInfo:
+def init_from_env(device_type: str, timeout: float | None = None) -> DistInfo:
     """Initialise the default process group from torchrun's environment, if present.
 
     Uses nccl for CUDA devices and gloo otherwise. Without torchrun's variables (or with a
     world size of 1) nothing is initialised and rank 0 of 1 is returned. Works for single and
     multi node launches: ``RANK``/``WORLD_SIZE`` are global, ``LOCAL_RANK`` picks the GPU.
+    ``timeout``: seconds the rendezvous and each collective may wait (None: torch's default).
     """
     if not launched_by_torchrun():
         return DistInfo()
@@ -64,7 +66,8 @@ def init_from_env(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        torch_dist.init_process_group(backend=backend, init_method="env://")
+        extra = {"timeout": datetime.timedelta(seconds=timeout)} if timeout is not None else {}
+        torch_dist.init_process_group(backend=backend, init_method="env://", **extra)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
 
 

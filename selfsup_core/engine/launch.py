@@ -1,0 +1,80 @@
+"""Joining a multi-process job: the launcher's environment, the batch split, the rendezvous.
+
+:func:`init_distributed` is what the trainer calls first. It
+
+1. reads a Slurm task's environment into torch's env:// variables (:mod:`.slurm`) when the
+   process was started by ``srun`` and not by ``torchrun``;
+2. splits ``[data] global_batch_size`` (samples per optimizer step, over every process and
+   accumulation step) into the per-process ``samples_per_gpu``, refusing a world size that does
+   not divide it, before any process waits for another;
+3. sets up the process group with ``[runner] dist_timeout`` seconds for the rendezvous and for
+   every collective, so a process whose peers never arrive (or died) stops with one line.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..config import Config
+from ..errors import ConfigError, SelfSupError
+from . import dist, slurm
+
+
+class RendezvousError(SelfSupError):
+    """The processes of a job did not all meet within ``[runner] dist_timeout``."""
+
+
+def world_size_from_env() -> int:
+    """The world size the launcher announced (1 when none did)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) if dist.launched_by_torchrun() else 1
+    except ValueError:
+        return 1
+
+
+def per_process_batch(config: Config, global_batch: int | None, samples_per_gpu: int, world_size: int,
+                      accumulate: int) -> int:
+    """The batch each process loads per iteration.
+
+    Receives the config (for error messages), ``[data] global_batch_size`` (None: not set),
+    ``samples_per_gpu`` (per process, used when there is no global batch), the world size and
+    ``accumulate_steps``. With a global batch ``G``, returns ``G / (world_size * accumulate)``;
+    raises a one-line :class:`ConfigError` naming ``data.global_batch_size`` when that is not a
+    whole number."""
+    if global_batch is None:
+        return samples_per_gpu
+    parts = world_size * accumulate
+    if global_batch % parts:
+        lower = max(parts, global_batch - global_batch % parts)
+        raise ConfigError(config.problem(
+            ("data", "global_batch_size"),
+            f"{global_batch} samples per optimizer step do not split over {world_size} processes x {accumulate} "
+            f"accumulation steps; use a multiple of {parts} (e.g. {lower} or {lower + parts}), or set "
+            f"[data] samples_per_gpu (per process) instead"))
+    return global_batch // parts
+
+
+def init_distributed(config: Config, settings: Any, device_type: str) -> dist.DistInfo:
+    """Set up this process's place in the job; called once by the trainer before anything is built.
+
+    Receives the run's config, its :class:`~selfsup_core.engine.settings.RunSettings` (whose
+    ``samples_per_gpu`` is set from ``global_batch_size`` here) and the device type (picks the
+    backend). Returns the :class:`~selfsup_core.engine.dist.DistInfo`. A rendezvous that does not
+    complete within ``[runner] dist_timeout`` raises :class:`RendezvousError` (one line)."""
+    slurm.export_torch_env()
+    settings.samples_per_gpu = per_process_batch(config, settings.global_batch_size, settings.samples_per_gpu,
+                                                 world_size_from_env(), settings.accumulate_steps)
+    timeout = settings.dist_timeout
+    try:
+        return dist.init_from_env(device_type, timeout=timeout)
+    except RuntimeError as exc:  # DistStoreError, DistNetworkError, gloo's connect errors
+        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RendezvousError(
+            f"{config.filename}: runner.dist_timeout: process {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')} "
+            f"did not meet the others at {where} within {timeout:g} s ({detail}); start every process of the job "
+            f"(srun --ntasks, torchrun --nnodes on each node) with the same MASTER_ADDR/MASTER_PORT, or raise "
+            f"[runner] dist_timeout") from exc
+
+
+__all__ = ["RendezvousError", "init_distributed", "per_process_batch", "world_size_from_env"]
