@@ -40,17 +40,19 @@ RUNTIME_NAME = "fsdp2"
 SHARDS_DIR = "shards"
 
 
-def needs_unsharded_parameters(model: nn.Module) -> str | None:
-    """Why ``model`` cannot train under fsdp2 (None: it can). Receives the built algorithm."""
+def needs_unsharded_parameters(model: nn.Module | type) -> str | None:
+    """Why ``model`` cannot train under fsdp2 (None: it can). Receives the built algorithm, or
+    its class (checked before the rendezvous)."""
     if getattr(model, "fsdp_compatible", False):
         return None
     if callable(getattr(model, "momentum_update", None)):
-        return (f"{type(model).__name__} copies parameters into its momentum (EMA) network outside the forward "
+        name = model.__name__ if isinstance(model, type) else type(model).__name__
+        return (f"{name} copies parameters into its momentum (EMA) network outside the forward "
                 "pass (momentum_update), which needs unsharded parameters")
     return None
 
 
-def check_runtime_fits(config: Config, settings: Any, model: nn.Module) -> dict[nn.Parameter, str]:
+def check_runtime_fits(config: Config, settings: Any, model: nn.Module | type) -> dict[nn.Parameter, str]:
     """Called by the trainer before it wraps ``model`` for a multi-process run: raises a one-line
     :class:`ConfigError` (file, ``runner.distributed``, fix) when ``[runner] distributed`` is
     fsdp2 and the algorithm needs unsharded parameters. Returns ``model``'s parameters and their
@@ -60,7 +62,7 @@ def check_runtime_fits(config: Config, settings: Any, model: nn.Module) -> dict[
         if reason:
             raise ConfigError(config.problem(
                 ("runner", "distributed"), f"'{RUNTIME_NAME}' cannot shard this model: {reason}; use distributed = 'ddp'"))
-    return {parameter: name for name, parameter in model.named_parameters()}
+    return {} if isinstance(model, type) else {parameter: name for name, parameter in model.named_parameters()}
 
 
 def rebind_optimizer(optimizer: torch.optim.Optimizer, before: dict[nn.Parameter, str], model: nn.Module) -> None:

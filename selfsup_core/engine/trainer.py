@@ -195,7 +195,7 @@ class Trainer:
         wanted = settings.device
         from .launch import init_distributed  # srun/torchrun environment, global batch, dist_timeout
 
-        self.dist = init_distributed(self.config, settings, device_type_of(wanted))
+        self.dist = init_distributed(self.config, settings, device_type_of(wanted), self.registries)
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.device = resolve_device(wanted, self.dist.local_rank)
         if self.device.type == "cuda":

@@ -298,7 +298,9 @@ def test_a_rendezvous_that_never_completes_ends_after_dist_timeout(tmp_path, toy
 def test_fsdp2_refuses_an_algorithm_with_a_momentum_network(tmp_path, toy_env):
     config = write(tmp_path, "ema.toml", runner='distributed = "fsdp2"')
     config.write_text(config.read_text().replace('type = "scale_toy:ToyBlocks"', 'type = "selfsup_toy:ToyEMA"'))
-    results = srun(config, tmp_path / "w", clean_env(toy_env), timeout=60)
+    start = time.monotonic()
+    results = srun(config, tmp_path / "w", clean_env(toy_env), ranks=[1], timeout=60)  # refused before the rendezvous
+    assert time.monotonic() - start < 45
     for result in results:
         assert result.returncode == 2, result.stderr[-3000:]
         assert result.stderr.strip().splitlines() == [
