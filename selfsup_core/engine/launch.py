@@ -86,15 +86,50 @@ def init_distributed(config: Config, settings: Any, device_type: str, registries
         refuse_unshardable_algorithm(config, settings, registries)
     timeout = settings.dist_timeout
     try:
-        return dist.init_from_env(device_type, timeout=timeout)
+        if dist.launched_by_torchrun() and world_size > 1:
+            join_process_group(device_type, timeout)
+        return dist.init_from_env(device_type)  # the group is up: rank, local rank, world size
     except RuntimeError as exc:  # DistStoreError, DistNetworkError, gloo's connect errors
-        where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
-        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise RendezvousError(
-            f"{config.filename}: runner.dist_timeout: process {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')} "
-            f"did not meet the others at {where} within {timeout:g} s ({detail}); start every process of the job "
-            f"(srun --ntasks, torchrun --nnodes on each node) with the same MASTER_ADDR/MASTER_PORT, or raise "
-            f"[runner] dist_timeout") from exc
+        raise rendezvous_error(config, timeout, exc) from exc
 
 
-__all__ = ["RendezvousError", "init_distributed", "refuse_unshardable_algorithm", "per_process_batch", "world_size_from_env"]
+def join_process_group(device_type: str, timeout: float) -> None:
+    """Set up the default process group from the env:// variables, with ``timeout`` seconds for
+    the rendezvous and every collective; called by :func:`init_distributed`.
+
+    The group's keys live under ``selfsup/attempt_N/`` of the rendezvous store, ``N`` being
+    torchrun's ``TORCHELASTIC_RESTART_COUNT``: torchrun keeps one store across restarts, and a
+    restarted process must not read the address a dead process of the attempt before left there
+    (gloo then fails with "Connection refused")."""
+    import datetime
+
+    import torch
+    import torch.distributed as torch_dist
+
+    if torch_dist.is_initialized():
+        return
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    wait = datetime.timedelta(seconds=timeout)
+    store, _, _ = next(torch_dist.rendezvous("env://", rank=rank, world_size=world_size, timeout=wait))
+    store = torch_dist.PrefixStore(f"selfsup/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+    torch_dist.init_process_group("nccl" if device_type == "cuda" else "gloo", store=store, rank=rank,
+                                  world_size=world_size, timeout=wait)
+
+
+def rendezvous_error(config: Config, timeout: float, exc: BaseException) -> RendezvousError:
+    """The one line for a process group that could not be set up (``exc`` says why)."""
+    where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    who = f"process {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')}"
+    timed_out = "timed out" in detail.lower()
+    what = (f"{who} did not meet the others at {where} within {timeout:g} s" if timed_out
+            else f"{who} could not join the others at {where}")
+    return RendezvousError(
+        f"{config.filename}: runner.dist_timeout: {what} ({detail}); start every process of the job (srun --ntasks, "
+        f"torchrun --nnodes on each node) with the same MASTER_ADDR/MASTER_PORT"
+        + (", or raise [runner] dist_timeout" if timed_out else ""))
+
+
+__all__ = ["RendezvousError", "init_distributed", "join_process_group", "rendezvous_error", "refuse_unshardable_algorithm", "per_process_batch", "world_size_from_env"]
