@@ -185,8 +185,7 @@ def load_shards(trainer: Any, state: dict[str, Any], path: Path) -> dict[str, An
         return state
     if not sharded:
         raise ckpt.CheckpointError(
-            f"checkpoint {path} holds full weights, not FSDP2 shards; resume it with [runner] distributed = 'ddp', "
-            "or start the fsdp2 run from its weights (load_from) instead of --resume")
+            f"checkpoint {path} holds full weights, not FSDP2 shards; resume it with [runner] distributed = 'ddp'")
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
