@@ -162,6 +162,10 @@ def _workers(value: Any) -> str | None:
     return non_negative(value)
 
 
+def _seconds(value: Any) -> str | None:
+    return None if value > 0 else f"must be > 0 seconds, got {value!r}"
+
+
 def _share(value: Any) -> str | None:
     return None if 0 < value <= 1 else f"must be a share of the device memory in (0, 1], got {value!r}"
 
@@ -183,7 +187,7 @@ _SCHEMA: dict[tuple[str, str], KeySpec] = {
     ("runner", "cudnn_benchmark"): ("cudnn_benchmark", BOOL, None),
     ("runner", "find_unused_parameters"): ("find_unused_parameters", BOOL, None),
     ("runner", "distributed"): ("distributed", (str,), _runtime),
-    ("runner", "dist_timeout"): ("dist_timeout", (float, int), lambda v: None if v > 0 else f"must be > 0 seconds, got {v!r}"),
+    ("runner", "dist_timeout"): ("dist_timeout", (float, int), _seconds),
     ("runner", "activation_checkpointing"): ("activation_checkpointing", BOOL, None),
     ("data", "samples_per_gpu"): ("samples_per_gpu", INT, positive),
     ("data", "global_batch_size"): ("global_batch_size", INT, positive),
