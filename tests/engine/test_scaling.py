@@ -314,3 +314,19 @@ def test_fsdp2_refuses_an_algorithm_with_a_momentum_network(tmp_path, toy_env):
             f"error: {config}: runner.distributed: 'fsdp2' cannot shard this model: ToyEMA copies parameters into its "
             "momentum (EMA) network outside the forward pass (momentum_update), which needs unsharded parameters; "
             "use distributed = 'ddp'"]
+
+
+def test_sharded_and_full_checkpoints_are_not_mixed_up(tmp_path):
+    """A DDP (or one-process) run given an fsdp2 checkpoint, and the reverse, get one line."""
+    from types import SimpleNamespace
+
+    from selfsup_core.engine.checkpoint import CheckpointError
+    from selfsup_core.engine.fsdp import load_shards
+
+    plain = SimpleNamespace(model=torch.nn.Linear(2, 2))
+    state = {"meta": {"sharded": "shards/iter_4"}, "state_dict": {}, "optimizer": {}}
+    with pytest.raises(CheckpointError, match=r"^checkpoint .*latest\.pth holds FSDP2 shards \(shards/iter_4\); "
+                                              r"resume it with \[runner\] distributed = 'fsdp2'"):
+        load_shards(plain, state, tmp_path / "latest.pth")
+    full = {"meta": {}, "state_dict": {}, "optimizer": {}}
+    assert load_shards(plain, full, tmp_path / "latest.pth") is full  # not sharded: the trainer loads it
