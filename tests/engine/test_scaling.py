@@ -317,7 +317,8 @@ def test_fsdp2_refuses_an_algorithm_with_a_momentum_network(tmp_path, toy_env):
 
 
 def test_sharded_and_full_checkpoints_are_not_mixed_up(tmp_path):
-    """A DDP (or one-process) run given an fsdp2 checkpoint, and the reverse, get one line."""
+    """A run without fsdp2 given an fsdp2 checkpoint gets one line; a full checkpoint passes
+    through to the trainer's own loading."""
     from types import SimpleNamespace
 
     from selfsup_core.engine.checkpoint import CheckpointError
