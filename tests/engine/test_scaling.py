@@ -302,6 +302,21 @@ def test_a_rendezvous_that_never_completes_ends_after_dist_timeout(tmp_path, toy
     assert not (tmp_path / "w").exists()
 
 
+def test_a_torchrun_node_that_never_joins_ends_after_torchrun_join_timeout(tmp_path, toy_env):
+    """torchrun's own rendezvous (before any selfsup process starts) is bounded by
+    --rdzv-conf join_timeout: it ends, with torchrun's RendezvousTimeoutError (exit 1), not ours."""
+    config = write(tmp_path, "lonely.toml")
+    start = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", "0", "--nproc-per-node", "1",
+         "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{free_port()}", "--rdzv-id", "lonely",
+         "--rdzv-conf", "join_timeout=2", *cli(config, tmp_path / "w")[1:]],
+        env=clean_env(toy_env), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "RendezvousTimeoutError" in run.stderr
+    assert time.monotonic() - start < 45
+    assert not (tmp_path / "w").exists()
+
+
 def test_fsdp2_refuses_an_algorithm_with_a_momentum_network(tmp_path, toy_env):
     config = write(tmp_path, "ema.toml", runner='distributed = "fsdp2"')
     config.write_text(config.read_text().replace('type = "scale_toy:ToyBlocks"', 'type = "selfsup_toy:ToyEMA"'))
