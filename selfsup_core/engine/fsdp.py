@@ -13,9 +13,9 @@ Checkpoints of an fsdp2 run are sharded: every process writes its own shards wit
 ``torch.distributed.checkpoint`` (DCP) to ``WORK_DIR/shards/iter_N/`` and ``latest.pth`` /
 ``epoch_N.pth`` keep everything else (meta, schedules, RNG states, hooks) with
 ``meta["sharded"] = "shards/iter_N"`` and empty ``state_dict`` / ``optimizer`` entries. DCP
-reshards on load, so a run may resume on another number of processes. Multi-node runs need a
+reshards on load, so a run may resume on another number of processes (tested here: the same number). Multi-node runs need a
 work dir on a file system every node sees. ``python -m torch.distributed.checkpoint.format_utils
-dcp_to_torch_save WORK_DIR/shards/iter_N weights.pth`` writes the consolidated weights.
+dcp_to_torch WORK_DIR/shards/iter_N weights.pth`` writes the consolidated weights.
 
 Algorithms that copy parameters between networks outside the forward pass (a momentum/EMA
 target updated by ``momentum_update``: BYOL, MoCo, DINO-style teachers) need the full
@@ -181,7 +181,7 @@ def load_shards(trainer: Any, state: dict[str, Any], path: Path) -> dict[str, An
             raise ckpt.CheckpointError(
                 f"checkpoint {path} holds FSDP2 shards ({sharded}); resume it with [runner] distributed = "
                 f"'{RUNTIME_NAME}' on several processes, or consolidate it with python -m "
-                f"torch.distributed.checkpoint.format_utils dcp_to_torch_save")
+                f"torch.distributed.checkpoint.format_utils dcp_to_torch")
         return state
     if not sharded:
         raise ckpt.CheckpointError(

@@ -332,8 +332,8 @@ def test_fsdp2_refuses_an_algorithm_with_a_momentum_network(tmp_path, toy_env):
 
 
 def test_sharded_and_full_checkpoints_are_not_mixed_up(tmp_path):
-    """A run without fsdp2 given an fsdp2 checkpoint gets one line; a full checkpoint passes
-    through to the trainer's own loading."""
+    """A run without fsdp2 given an fsdp2 checkpoint gets one line, and so does reading its
+    weights; a full checkpoint passes through to the trainer's own loading."""
     from types import SimpleNamespace
 
     from selfsup_core.engine.checkpoint import CheckpointError
@@ -346,3 +346,11 @@ def test_sharded_and_full_checkpoints_are_not_mixed_up(tmp_path):
         load_shards(plain, state, tmp_path / "latest.pth")
     full = {"meta": {}, "state_dict": {}, "optimizer": {}}
     assert load_shards(plain, full, tmp_path / "latest.pth") is full  # not sharded: the trainer loads it
+    from selfsup_core.tools.weights import WeightsError, read_state_dict
+
+    torch.save(state, tmp_path / "latest.pth")
+    with pytest.raises(WeightsError) as info:  # export, eval, init_cfg Pretrained
+        read_state_dict(tmp_path / "latest.pth")
+    assert str(info.value) == (
+        f"{tmp_path / 'latest.pth'}: holds FSDP2 shards (shards/iter_4), not weights; consolidate them first: python -m "
+        f"torch.distributed.checkpoint.format_utils dcp_to_torch {tmp_path / 'shards/iter_4'} weights.pth")
