@@ -108,8 +108,17 @@ def torch_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
     address = env.get("MASTER_ADDR") or (expand_nodelist(nodelist)[0] if nodelist else "127.0.0.1")
     port = env.get("MASTER_PORT") or str(master_port(env.get("SLURM_JOB_ID", "0")))
-    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": world_size, "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": world_size, "LOCAL_RANK": _local_rank(env),
             "MASTER_ADDR": address, "MASTER_PORT": port}
+
+
+def _local_rank(env: Mapping[str, str]) -> str:
+    """``SLURM_LOCALID``, modulo the GPUs this task sees: with ``--gpus-per-task=1`` (or
+    ``--gpu-bind``) Slurm gives each task its own ``CUDA_VISIBLE_DEVICES``, where task 3 of a
+    node must use its one GPU, ``cuda:0``; with ``--gpus-per-node`` every task sees them all."""
+    local = int(env.get("SLURM_LOCALID", "0"))
+    visible = [d for d in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return str(local % len(visible) if visible else local)
 
 
 def export_torch_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:

@@ -161,6 +161,8 @@ def test_slurm_variables_become_torch_env_variables():
     step = dict(env, SLURM_STEP_NUM_TASKS="4", SLURM_STEP_NODELIST="node[04-05]", MASTER_PORT="29500")
     assert slurm.torch_env(step) == {"RANK": "5", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "node04",
                                      "MASTER_PORT": "29500"}
+    assert slurm.torch_env(dict(env, CUDA_VISIBLE_DEVICES="6"))["LOCAL_RANK"] == "0"  # --gpus-per-task=1
+    assert slurm.torch_env(dict(env, CUDA_VISIBLE_DEVICES="0,1,2,3"))["LOCAL_RANK"] == "1"  # --gpus-per-node=4
     assert slurm.torch_env(dict(env, RANK="0")) == {}  # torchrun (inside srun) sets up the job itself
     assert slurm.torch_env({"SLURM_JOB_ID": "1"}) == {}  # the batch script, not an srun task
 
