@@ -6,7 +6,6 @@ or many GPUs under ``torchrun``.
 """
 from __future__ import annotations
 
-import datetime
 import os
 from dataclasses import dataclass
 
@@ -49,13 +48,12 @@ def launched_by_torchrun() -> bool:
     return all(key in os.environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"))
 
 
-def init_from_env(device_type: str, timeout: float | None = None) -> DistInfo:
+def init_from_env(device_type: str) -> DistInfo:
     """Initialise the default process group from torchrun's environment, if present.
 
     Uses nccl for CUDA devices and gloo otherwise. Without torchrun's variables (or with a
     world size of 1) nothing is initialised and rank 0 of 1 is returned. Works for single and
     multi node launches: ``RANK``/``WORLD_SIZE`` are global, ``LOCAL_RANK`` picks the GPU.
-    ``timeout``: seconds the rendezvous and each collective may wait (None: torch's default).
     """
     if not launched_by_torchrun():
         return DistInfo()
@@ -66,8 +64,7 @@ def init_from_env(device_type: str, timeout: float | None = None) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        extra = {"timeout": datetime.timedelta(seconds=timeout)} if timeout is not None else {}
-        torch_dist.init_process_group(backend=backend, init_method="env://", **extra)
+        torch_dist.init_process_group(backend=backend, init_method="env://")
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
 
 
