@@ -298,7 +298,7 @@ def find_policy(raw: Any, registries: Any = None) -> LrPolicy:
     ``selfsup.lr_policies``, or registered in-process), matched exactly, else ignoring case;
     ``"dist:Name"`` picks a distribution's. Raises :class:`SelfSupError` with the message
     (no file or key) when there is none, with a did-you-mean over the installed names.
-    ``registries``: where to look (None: :func:`selfsup_core.registry.current`)."""
+    ``registries``: where to look (None: the process-wide session's)."""
     registered = _registry_of(registries)
     names = registered.names()
     if isinstance(raw, str):

@@ -5,8 +5,9 @@ The names follow MMSelfSup 0.x / MMCV so old configs move over one to one::
     seed = 0                      # top level: seed, deterministic, work_dir
     [runner]        max_epochs, device, precision, channels_last, compile, cudnn_benchmark,
                     find_unused_parameters, distributed (the runtime of a multi-process run:
-                    "ddp", or one a plugin registers in selfsup.runtimes)
-    [data]          samples_per_gpu, workers_per_gpu (or "auto"), drop_last, pin_memory,
+                    "ddp", "fsdp2", or one a plugin registers in selfsup.runtimes), dist_timeout,
+                    activation_checkpointing (engine.launch, engine.fsdp)
+    [data]          samples_per_gpu, global_batch_size, workers_per_gpu (or "auto"), drop_last, pin_memory,
                     persistent_workers, prefetch_factor, replace, resident,
                     resident_memory_share, train (the dataset table)
     [optimizer]     checked by engine.optim
@@ -52,6 +53,9 @@ class RunSettings:
     cudnn_benchmark: bool = True
     find_unused_parameters: bool = False
     distributed: str = "ddp"
+    dist_timeout: float = 1800.0
+    activation_checkpointing: bool = False
+    global_batch_size: int | None = None
     samples_per_gpu: int = 32
     workers_per_gpu: int | str = 2
     drop_last: bool = True
@@ -154,6 +158,10 @@ def _workers(value: Any) -> str | None:
     return non_negative(value)
 
 
+def _seconds(value: Any) -> str | None:
+    return None if value > 0 else f"must be > 0 seconds, got {value!r}"
+
+
 def _share(value: Any) -> str | None:
     return None if 0 < value <= 1 else f"must be a share of the device memory in (0, 1], got {value!r}"
 
@@ -175,7 +183,10 @@ _SCHEMA: dict[tuple[str, str], KeySpec] = {
     ("runner", "cudnn_benchmark"): ("cudnn_benchmark", BOOL, None),
     ("runner", "find_unused_parameters"): ("find_unused_parameters", BOOL, None),
     ("runner", "distributed"): ("distributed", (str,), _runtime),
+    ("runner", "dist_timeout"): ("dist_timeout", (float, int), _seconds),
+    ("runner", "activation_checkpointing"): ("activation_checkpointing", BOOL, None),
     ("data", "samples_per_gpu"): ("samples_per_gpu", INT, positive),
+    ("data", "global_batch_size"): ("global_batch_size", INT, positive),
     ("data", "workers_per_gpu"): ("workers_per_gpu", (int, str), _workers),
     ("data", "drop_last"): ("drop_last", BOOL, None),
     ("data", "pin_memory"): ("pin_memory", (bool, str), _one_of(("auto",))),

@@ -29,6 +29,7 @@ from ..build import Builder, build_hooks, validate
 from ..config import Config
 from ..errors import ConfigError, SelfSupError, describe_exception
 from . import checkpoint as ckpt
+from . import fsdp
 from . import dist
 from .data import (batch_size_of, device_transform_of, images_to_channels_last, shut_down_workers,
                    to_device)
@@ -204,7 +205,9 @@ class Trainer:
     def _setup(self) -> None:
         settings = self.settings
         wanted = settings.device
-        self.dist = dist.init_from_env(device_type_of(wanted))
+        from .launch import init_distributed  # srun/torchrun environment, global batch, dist_timeout
+
+        self.dist = init_distributed(self.config, settings, device_type_of(wanted), self.registries)
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.device = resolve_device(wanted, self.dist.local_rank)
         if self.device.type == "cuda":
@@ -267,7 +270,9 @@ class Trainer:
             (target if isinstance(target, nn.Module) else model).compile()
         if dist.is_distributed():  # the runtime named by [runner] distributed (a registered component)
             runtime = self.registries["runtimes"].lookup(settings.distributed).load()
+            names = fsdp.check_runtime_fits(self.config, settings, model)  # fsdp2 refuses EMA-style algorithms
             self.ddp_model: nn.Module = runtime(model, device=self.device, settings=settings)
+            fsdp.rebind_optimizer(self.optimizer, names, model)  # fully_shard replaces the parameters
         else:
             self.ddp_model = model
 
@@ -581,7 +586,7 @@ class Trainer:
         """Write ``latest.pth`` (and ``epoch_N.pth`` when ``epoch_file``), atomically.
 
         Collective: every process must call it. Only the main process writes."""
-        state = self.state_dict()
+        state = fsdp.save_shards(self, self.state_dict())  # an fsdp2 run: shards under shards/, the rest here
         latest = self.work_dir / ckpt.LATEST
         if self.dist.is_main:
             target = self.work_dir / f"epoch_{self.epoch}.pth" if epoch_file else latest
@@ -601,11 +606,14 @@ class Trainer:
                 ) from exc
             if epoch_file:
                 ckpt.prune(self.work_dir, self.settings.max_keep_ckpts)
+            if state["meta"].get("sharded"):
+                fsdp.prune_shards(self.work_dir)
         dist.barrier()
         return latest
 
     def _load_checkpoint(self, path: Path) -> None:
         state = ckpt.load(path, map_location=self.device)
+        state = fsdp.load_shards(self, state, path)
         missing = [k for k in ("meta", "state_dict", "optimizer") if k not in state]
         if missing:
             raise ckpt.CheckpointError(f"checkpoint {path} is not a training checkpoint (it lacks {', '.join(missing)})")
