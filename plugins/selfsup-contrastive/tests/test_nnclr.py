@@ -3,6 +3,7 @@ computation, the FIFO support-set update with its pointer wrap, the whole traini
 identity components, and the shipped Fashion-MNIST config through ``selfsup-run``."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -118,3 +119,12 @@ def test_one_epoch_of_the_fashion_config(run_one_epoch) -> None:
     state = torch.load(work_dir / "latest.pth", map_location="cpu", weights_only=False)["state_dict"]
     assert state["support_set.ptr"].item() == 256 % 96         # 4 steps of 64 view-1 projections
     assert torch.allclose(state["support_set.queue"].norm(dim=1), torch.ones(96))
+
+
+def test_selfsup_run_list_shows_nnclr_and_its_head(capsys) -> None:
+    from selfsup_core.cli import main
+
+    assert main(["list", "--json"]) == 0
+    kinds = json.loads(capsys.readouterr().out)["kinds"]
+    assert {r["name"]: r["dist"] for r in kinds["algorithms"]}["NNCLR"] == "selfsup-contrastive"
+    assert {r["name"]: r["dist"] for r in kinds["heads"]}["NNCLRHead"] == "selfsup-contrastive"

@@ -4,6 +4,7 @@ tokens, the EMA target encoder and its linear momentum schedule, and the Fashion
 through ``selfsup-run``."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -206,3 +207,13 @@ def test_one_epoch_of_the_fashion_config_through_selfsup_run(tmp_path) -> None:
     state = torch.load(work / "latest.pth", map_location="cpu", weights_only=False)["state_dict"]
     online, target = state["backbone.patch_embed.proj.weight"], state["target_backbone.patch_embed.proj.weight"]
     assert not torch.equal(online, target)                  # the EMA lags the trained encoder
+
+
+def test_selfsup_run_list_shows_ijepa_with_its_neck_head_and_hook(capsys) -> None:
+    from selfsup_core.cli import main
+
+    assert main(["list", "--json"]) == 0
+    kinds = json.loads(capsys.readouterr().out)["kinds"]
+    for kind, name in (("algorithms", "IJEPA"), ("necks", "IJEPAPredictor"), ("heads", "IJEPAHead"),
+                       ("hooks", "LinearMomentumUpdate")):
+        assert {r["name"]: r["dist"] for r in kinds[kind]}[name] == "selfsup-mim"
