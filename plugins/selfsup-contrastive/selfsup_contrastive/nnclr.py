@@ -145,6 +145,10 @@ class NNCLR(BaseAlgorithm):
         if neck is None or head is None:
             raise ValueError("NNCLR: needs a [model.neck] (the projector, e.g. NonLinearNeck) and a "
                              "[model.head] (NNCLRHead)")
+        linears = [m for m in neck.modules() if isinstance(m, nn.Linear)]
+        if linears and linears[-1].out_features != feat_dim:
+            raise ValueError(f"NNCLR: the neck's last layer gives {linears[-1].out_features}-d projections but "
+                             f"model.feat_dim = {feat_dim}; make them equal")
         self.init_weights()
         self.support_set = SupportSet(queue_len, feat_dim)
 

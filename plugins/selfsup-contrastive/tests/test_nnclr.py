@@ -109,6 +109,8 @@ def test_feat_dim_must_match_the_projector() -> None:
     model = NNCLR(_Flatten(), _ListIdentity(), NNCLRHead(_ListIdentity()), queue_len=4, feat_dim=3)
     with pytest.raises(ValueError, match="feat_dim"):
         model(img=[torch.ones(2, 1, 1, 2), torch.ones(2, 1, 1, 2)], mode="train")
+    with pytest.raises(ValueError, match="gives 4-d projections but model.feat_dim = 3"):
+        NNCLR(_Flatten(), nn.Sequential(nn.Linear(2, 4)), NNCLRHead(_ListIdentity()), queue_len=4, feat_dim=3)
 
 
 def test_one_epoch_of_the_fashion_config(run_one_epoch) -> None:
