@@ -62,9 +62,10 @@ class MultiBlockMaskGenerator:
         target_scale, target_aspect_ratio: ranges of the target blocks ((0.15, 0.2), (0.75, 1.5)).
         context_scale, context_aspect_ratio: ranges of the context block ((0.85, 1.0), (1, 1)).
         min_keep: the fewest context patches an image may keep (10 in the paper's code).
-        max_tries: draws per image before giving up with a ``ValueError``.
+        max_tries: draws of the images whose context is too small before giving up with a
+            ``ValueError``.
 
-    ``generator(batch_size, generator=None) -> (context (B, Lc), targets (num_targets, B, Lt))``:
+    ``sampler(batch_size, generator=None, device=None) -> (context (B, Lc), targets (num_targets, B, Lt))``:
     long tensors of row-major patch indices (``r * W + c``), increasing along the last axis;
     ``generator`` is a ``torch.Generator`` (the global RNG when ``None``); the masks are drawn
     on ``device`` (the generator's when one is given; the CPU by default).
