@@ -1,5 +1,6 @@
 """Run by test_distributed.py as two gloo processes (torchrun's environment variables set):
-SimCLR's NT-Xent with negatives gathered with gradients, and MoCo's shuffling BN and queue.
+SimCLR's NT-Xent with negatives gathered with gradients, MoCo's shuffling BN and queue, and
+NNCLR's loss (predictions gathered with gradients) and support set (every rank's projections).
 Each rank saves what it computed to ``OUT/rank{r}.pt``."""
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from selfsup_models.heads import ContrastiveHead
 from torch import nn
 
 from selfsup_contrastive.moco import MoCo
+from selfsup_contrastive.nnclr import NNCLR, NNCLRHead
 from selfsup_contrastive.simclr import nt_xent_logits
 
 PER_RANK = 2
@@ -47,6 +49,16 @@ class ListNeck(nn.Module):
         return [x[-1]]
 
 
+def nnclr_model(weight: torch.Tensor) -> NNCLR:
+    """NNCLR with a linear backbone, identity projector and predictor, T = 0.5, and a support
+    set of the six axis directions of R^3 (queue_len 8: two rows spare)."""
+    model = NNCLR(Linear(weight), ListNeck(), NNCLRHead(ListNeck(), temperature=0.5), queue_len=8, feat_dim=3)
+    model.double()
+    axes = torch.cat([torch.eye(3), -torch.eye(3), torch.eye(3)[:2]]).double()
+    model.support_set.queue.copy_(axes)
+    return model
+
+
 def main(out: Path) -> None:
     torch_dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -68,8 +80,18 @@ def main(out: Path) -> None:
     model = MoCo(Linear(torch.eye(5)), ListNeck(), ContrastiveHead(), queue_len=6, feat_dim=5)
     keys = model.encode_keys(data["keys_in"][mine])
     model.dequeue_and_enqueue(keys)
+
+    # NNCLR: this rank's anchors against every rank's predictions; the support set gets all view-1 projections
+    nnclr = nnclr_model(data["weight"])
+    nnclr_loss = nnclr(img=[data["view_1"][mine], data["view_2"][mine]])["loss"]
+    nnclr_loss.backward()
+    nnclr_grad = nnclr.backbone.fc.weight.grad.clone()
+    dist.all_reduce(nnclr_grad, "mean")
     torch.save({"simclr_loss": mean_loss, "simclr_grad": grad, "moco_keys": keys, "queue": model.queue.clone(),
-                "queue_ptr": model.queue_ptr.clone()}, out / f"rank{rank}.pt")
+                "queue_ptr": model.queue_ptr.clone(),
+                "nnclr_loss": dist.all_reduce(nnclr_loss.detach().clone(), "mean"), "nnclr_grad": nnclr_grad,
+                "nnclr_queue": nnclr.support_set.queue.clone(), "nnclr_ptr": nnclr.support_set.ptr.clone()},
+               out / f"rank{rank}.pt")
     torch_dist.destroy_process_group()
 
 

@@ -1,6 +1,7 @@
 """Two CPU processes (gloo): SimCLR's loss and gradients with negatives gathered across
 processes equal one process's on the whole batch; MoCo's shuffling BN returns each key in its
-sample's place and every process enqueues the keys of all processes."""
+sample's place and every process enqueues the keys of all processes; NNCLR's loss and gradient
+equal one process's and every process's support set gets the view-1 projections of all."""
 from __future__ import annotations
 
 import importlib.util
@@ -51,3 +52,18 @@ def test_moco_shuffled_keys_come_back_in_order_and_queues_agree(ranks) -> None:
         torch.testing.assert_close(result["moco_keys"], expected[rank * 2:(rank + 1) * 2])
         torch.testing.assert_close(result["queue"][:, :4], expected.T)  # both ranks' keys, rank order
         assert int(result["queue_ptr"]) == 4
+
+
+def test_nnclr_gathered_predictions_and_support_set_match_one_process(ranks) -> None:
+    worker = _worker_module()
+    data = worker.full_data()
+    model = worker.nnclr_model(data["weight"])                       # all 4 images on one process
+    loss = model(img=[data["view_1"], data["view_2"]])["loss"]
+    loss.backward()
+    projections = F.normalize(data["view_1"] @ data["weight"].T, dim=1)
+    for result in ranks:
+        torch.testing.assert_close(result["nnclr_loss"], loss.detach())
+        torch.testing.assert_close(result["nnclr_grad"], model.backbone.fc.weight.grad)
+        torch.testing.assert_close(result["nnclr_queue"][:4], projections)   # both ranks' view 1, rank order
+        torch.testing.assert_close(result["nnclr_queue"], model.support_set.queue)
+        assert int(result["nnclr_ptr"]) == 4

@@ -16,7 +16,9 @@ def test_the_distribution_registers_its_components():
                          ("backbones", "CAEViT"), ("backbones", "DALLEEncoder"), ("necks", "CAENeck"),
                          ("heads", "MaskFeatPretrainHead"), ("heads", "CAEHead"),
                          ("transforms", "MaskFeatMaskGenerator"),
-                         ("transforms", "RandomResizedCropAndInterpolationWithTwoPic")}
+                         ("transforms", "RandomResizedCropAndInterpolationWithTwoPic"),
+                         ("algorithms", "IJEPA"), ("necks", "IJEPAPredictor"), ("heads", "IJEPAHead"),
+                         ("hooks", "LinearMomentumUpdate")}
 
 
 @pytest.mark.parametrize(("kind", "name"), OURS)
