@@ -39,7 +39,8 @@ def test_list_shows_dino_and_ibot_with_their_neck_heads_and_hook() -> None:
 
 
 def test_two_iterations_of_the_dino_fashion_config_through_selfsup_run(npz: Path, tmp_path: Path) -> None:
-    values = {**SMALL_HEAD, "model.neck.in_channels": 64}  # width-8 ResNet-18: 64 channels
+    # width-8 ResNet-18 (64 channels); the warm-up starts at the full lr so that the student moves
+    values = {**SMALL_HEAD, "model.neck.in_channels": 64, "lr_config.warmup_ratio": 1.0}
     losses = run_config_on_npz(CONFIGS / DINO_FM, npz, tmp_path / "work", values)
     assert len(losses) == 2 and all(0 < x < 10 for x in losses), losses
     state = torch.load(tmp_path / "work" / "latest.pth", weights_only=True, map_location="cpu")
@@ -48,7 +49,7 @@ def test_two_iterations_of_the_dino_fashion_config_through_selfsup_run(npz: Path
     # epoch 0: the last layer is frozen, so the teacher's copy still equals it; the backbone trained
     # (equal up to the EMA's rounding, m * t + (1 - m) * t)
     assert torch.allclose(model["target_last_layer.weight_v"], model["head.last_layer.weight_v"], rtol=0, atol=1e-6)
-    assert not torch.allclose(model["target_backbone.conv1.weight"], model["backbone.conv1.weight"], rtol=0, atol=1e-4)
+    assert not torch.allclose(model["target_backbone.conv1.weight"], model["backbone.conv1.weight"], rtol=0, atol=1e-5)
 
 
 def test_ibot_fashion_config_runs_a_batch_in_check_mode(npz: Path, tmp_path: Path) -> None:
