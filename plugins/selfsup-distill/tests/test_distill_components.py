@@ -80,6 +80,19 @@ def test_dino_teacher_sees_global_views_student_every_view_and_ema_follows() -> 
     assert torch.allclose(model.target_backbone.conv1.weight, 0.9 * before + 0.1 * model.backbone.conv1.weight)
 
 
+def test_teacher_momentum_follows_the_cores_cosine_from_0996_to_1() -> None:
+    from selfsup_core.api import MomentumUpdate
+
+    model = tiny_dino()
+    hook = MomentumUpdate(end_momentum=1.0)
+    runner = SimpleNamespace(model=model, iter=0, max_iters=100, is_update_step=True)
+    hook.selfsup_before_run(runner)
+    for it, expected in ((0, 0.996), (50, 0.998), (100, 1.0)):
+        runner.iter = it
+        hook.selfsup_before_iter(runner)
+        assert model.momentum == pytest.approx(expected)
+
+
 def test_ibot_masks_the_student_global_views_only() -> None:
     torch.manual_seed(0)
     model = iBOT(tiny_vit(use_mask_token=True), DINONeck(16, 12, 6), iBOTHead(6, 10), mask_prob=1.0)
