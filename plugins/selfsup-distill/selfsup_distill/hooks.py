@@ -10,19 +10,19 @@ from .schedules import cosine_schedule
 
 
 @torch.no_grad()
-def clip_per_parameter_(params: list[torch.nn.Parameter], max_norm: float) -> list[float]:
+def clip_per_parameter_(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
     """DINO's ``clip_gradients``: each parameter tensor's gradient with L2 norm above
     ``max_norm`` is scaled by ``max_norm / (norm + 1e-6)``; the others are left alone.
-    Returns the norms before clipping (parameters without a gradient are skipped)."""
-    norms = []
-    for p in params:
-        if p.grad is None:
-            continue
-        norm = float(p.grad.norm(2))
-        norms.append(norm)
-        coef = max_norm / (norm + 1e-6)
-        if coef < 1.0:
-            p.grad.mul_(coef)
+
+    Called by :class:`DINOHook` after the backward pass of an update step. Runs as two fused
+    multi-tensor calls with no host synchronisation. Returns the norms before clipping, one per
+    parameter that has a gradient (an empty tensor when none has)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(0)
+    norms = torch.stack([n.float() for n in torch._foreach_norm(grads, 2)])
+    coefs = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    torch._foreach_mul_(grads, [c.to(g.dtype) for c, g in zip(coefs.unbind(), grads)])
     return norms
 
 

@@ -155,7 +155,7 @@ def test_per_parameter_clipping_bounds_each_tensor_on_its_own() -> None:
     a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(3))
     a.grad = torch.tensor([3.0, 4.0])   # norm 5 -> clipped to 3
     b.grad = torch.tensor([1.0, 0.0, 0.0])  # norm 1 -> unchanged
-    assert clip_per_parameter_([a, b], 3.0) == pytest.approx([5.0, 1.0])
+    assert clip_per_parameter_([a, b], 3.0).tolist() == pytest.approx([5.0, 1.0])
     assert a.grad.tolist() == pytest.approx([3.0 * 3 / (5 + 1e-6), 4.0 * 3 / (5 + 1e-6)])
     assert b.grad.tolist() == [1.0, 0.0, 0.0]
     model = tiny_dino()
