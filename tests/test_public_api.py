@@ -41,6 +41,7 @@ def private_imports(path: Path) -> list[str]:
 
 def test_plugins_import_only_the_public_api():
     assert len(PACKAGES) >= 9
+    assert {"selfsup_distill", "selfsup_mim", "selfsup_clustering"} <= {p.name for p in PACKAGES}
     violations = [v for package in PACKAGES for path in sorted(package.rglob("*.py")) for v in private_imports(path)]
     assert violations == [], "plugins must import from selfsup_core.api only:\n" + "\n".join(violations)
 

@@ -1,0 +1,1 @@
+"""Configs shipped with selfsup-distill (copies of examples/configs, see package_configs.py)."""
