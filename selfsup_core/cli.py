@@ -23,12 +23,6 @@ from . import registry as _registry
 from . import session as _session
 from .errors import SelfSupError, describe_exception, unwrap_worker_message
 
-# Tool commands: each is ``selfsup_core.tools.<module>.run(args) -> int``, imported when used
-# (export, import-weights, export-hub and count-params come from selfsup-models, plot-log from
-# selfsup-trackers, through the selfsup_register_commands hook).
-TOOLS = {
-    "show": "describe",
-}
 EXIT_USAGE = 2
 
 _DESCRIPTION = """\
@@ -117,7 +111,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("show-config", help="print the fully resolved config as TOML")
     add_config_arguments(show)
-    _add_tool_parsers(commands)
+    _add_show_parser(commands)
     # commands of installed plugins (selfsup-migrate's ``migrate``, ...): each sets
     # ``selfsup_run`` on its parser, the function that runs it
     _session.plugin_manager().hook.selfsup_register_commands(commands=commands)
@@ -125,7 +119,10 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_tool_parsers(commands: Any) -> None:
+def _add_show_parser(commands: Any) -> None:
+    """``show``, the core's one introspection command (the other tools come from plugins through
+    the ``selfsup_register_commands`` hook: export, import-weights, export-hub and count-params
+    from selfsup-models, plot-log from selfsup-trackers, eval and tsne from selfsup-eval)."""
     show = commands.add_parser("show", help="a component's arguments with types, defaults and docs")
     show.add_argument("name", metavar="NAME", help="a component name (a config's type), e.g. ResNet or selfsup-models:ResNet")
     show.add_argument("--kind", metavar="KIND", help=f"only this kind: {', '.join(_registry.KINDS)}")
@@ -143,8 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    handlers = {"train": _train, "list": _list, "show-config": _show_config}
-    handler = handlers.get(args.command) or getattr(args, "selfsup_run", None) or _tool
+    handlers = {"train": _train, "list": _list, "show-config": _show_config, "show": _show}
+    handler = handlers.get(args.command) or getattr(args, "selfsup_run", None)
+    if handler is None:  # a plugin's sub-parser that forgot set_defaults(selfsup_run=...)
+        print(f"error: command {args.command!r} (from a plugin) does not say what runs it: its parser must "
+              "set_defaults(selfsup_run=FUNCTION)", file=sys.stderr)
+        return EXIT_USAGE
     from .import_paths import allowing
 
     try:
@@ -216,9 +217,10 @@ def _kind_of(path: tuple[Any, ...]) -> str | None:
     return kind_for_key(keys[-1]) if keys else None
 
 
-def _tool(args: argparse.Namespace) -> int:
-    module = importlib.import_module(f"{__package__}.tools.{TOOLS[args.command]}")
-    return int(module.run(args))
+def _show(args: argparse.Namespace) -> int:
+    from .describe import run as show
+
+    return show(args)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -263,7 +265,7 @@ def _train(args: argparse.Namespace) -> int:
         line += f" with {total:,} parameters ({trainable:,} trainable)"
     checked = check_data(config, model, dry_run=not args.no_dry_run)
     print(line + (f"; {checked}" if checked else ""))
-    from .tools.data_paths import data_paths_note
+    from .data_paths import data_paths_note
 
     note = None if checked else data_paths_note(config.data)
     if note:
@@ -332,7 +334,7 @@ def _show_config(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     if args.args:
-        from .tools.describe import run as show
+        from .describe import run as show
 
         return show(argparse.Namespace(name=args.args, kind=args.kind, json=args.json))
     if args.kind == "configs":  # the configs installed distributions ship (selfsup_core.packaged_configs)

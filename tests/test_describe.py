@@ -6,7 +6,7 @@ from typing import Optional
 import pytest
 from selfsup_core import session
 from selfsup_core.cli import main
-from selfsup_core.tools.describe import argument_docs, describe
+from selfsup_core.describe import argument_docs, describe
 
 
 class Widget:

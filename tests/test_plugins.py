@@ -188,3 +188,17 @@ def test_after_the_fixture_the_defaults_are_clean():  # ... and are gone afterwa
     from selfsup_core import session
 
     assert "BulkNet" not in session.get("backbones")
+
+
+def test_a_plugin_command_without_a_runner_is_one_line(selfsup_plugin_manager, capsys):
+    from selfsup_core.cli import main
+
+    class Forgetful:
+        @hookspecs.hookimpl
+        def selfsup_register_commands(self, commands):
+            commands.add_parser("forgetful", help="declares itself but nothing that runs it")
+
+    selfsup_plugin_manager.register(Forgetful())
+    assert main(["forgetful"]) == 2
+    assert capsys.readouterr().err == ("error: command 'forgetful' (from a plugin) does not say what runs it: "
+                                       "its parser must set_defaults(selfsup_run=FUNCTION)\n")

@@ -74,7 +74,7 @@ def check_data(config: Config, model: Any, *, dry_run: bool = True) -> str | Non
     there (nothing is built then; the caller prints which paths the run will read). Raises
     one-line :class:`ConfigError` for a dataset that cannot be built or a failed forward."""
     from ..build import Builder
-    from ..tools.data_paths import data_paths
+    from ..data_paths import data_paths
 
     train = config.data.get("data", {}).get("train") if isinstance(config.data.get("data"), Mapping) else None
     if not (isinstance(train, Mapping) and "type" in train):

@@ -17,7 +17,7 @@ PATH_KEYS = ("root", "ann_file", "data_prefix", "list_file", "file")
 def data_paths(data: Any, path: tuple[Any, ...] = ()) -> list[tuple[str, str]]:
     """``(dotted key, path)`` of every file or folder named by a data source table in ``data``
     (the training set, a hook's extraction set ...), in config order."""
-    from ..build import kind_for_key
+    from .build import kind_for_key
 
     found: list[tuple[str, str]] = []
     if isinstance(data, dict):

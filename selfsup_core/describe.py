@@ -15,9 +15,9 @@ import re
 import textwrap
 from typing import Any
 
-from .. import registry as _registry
-from .. import session as _session
-from ..errors import SelfSupError, did_you_mean
+from . import registry as _registry
+from . import session as _session
+from .errors import SelfSupError, did_you_mean
 
 
 def summary(doc: str | None) -> list[str]:
@@ -68,7 +68,7 @@ def describe(name: str, kind: str | None = None) -> list[dict[str, Any]]:
     ``{"kind", "name", "provider", "target", "summary", "arguments": [{"name", "type",
     "default", "required", "doc"}]}``. Raises SelfSupError (with a did-you-mean) when
     no kind has it."""
-    from ..build import accepted_parameters, annotations, type_text
+    from .build import accepted_parameters, annotations, type_text
 
     registries = _session.registries()
     kinds = [_registry.canonical_kind(kind)] if kind else list(_registry.KINDS)
