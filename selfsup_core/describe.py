@@ -94,6 +94,9 @@ def describe(name: str, kind: str | None = None) -> list[dict[str, Any]]:
                     "default": None if param.default is inspect.Parameter.empty else repr(param.default),
                     "doc": docs.get(pname, ""),
                 })
+            if k == "lr_policies":  # a policy's arguments are the [lr_config] keys it reads
+                arguments = [{"name": key, "type": "", "required": False, "default": None,
+                              "doc": f"[lr_config] {key}"} for key in getattr(obj, "keys", ())]
             records.append({"kind": k, "name": component.name, "provider": component.provider,
                             "target": component.target, "summary": summary(obj.__doc__), "arguments": arguments})
     if not records:
@@ -111,7 +114,7 @@ def format_record(record: dict[str, Any]) -> str:
     lines.append("arguments:" if record["arguments"] else "arguments: none")
     for arg in record["arguments"]:
         kind = f": {arg['type']}" if arg["type"] else ""
-        value = "  (required)" if arg["required"] else f" = {arg['default']}"
+        value = "  (required)" if arg["required"] else "" if arg["default"] is None else f" = {arg['default']}"
         line = f"  {arg['name']}{kind}{value}"
         if arg["doc"]:
             wrapped = textwrap.wrap(arg["doc"], 88)

@@ -50,3 +50,10 @@ def test_cli_show_and_list_args(capsys: pytest.CaptureFixture[str]) -> None:
     assert "  size: int = 3\n      edge length in pixels, continued here." in shown
     assert main(["show", "Wigdet", "--kind", "necks"]) == 2
     assert "error: no necks component named 'Wigdet'" in capsys.readouterr().err
+
+
+def test_an_lr_policy_shows_the_lr_config_keys_it_reads():
+    (record,) = describe("Step", "lr_policies")
+    assert record["provider"].startswith("selfsup-core")
+    assert [a["name"] for a in record["arguments"]] == ["step", "gamma", "min_lr"]
+    assert all(a["doc"] == f"[lr_config] {a['name']}" and not a["required"] for a in record["arguments"])
