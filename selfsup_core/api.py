@@ -60,6 +60,8 @@ _EXPORTS: dict[str, str] = {
     "atomic_write": "selfsup_core.fileio:atomic_write",
     "atomic_write_text": "selfsup_core.fileio:atomic_write_text",
     "atomic_save": "selfsup_core.engine.checkpoint:atomic_save",
+    "CheckpointError": "selfsup_core.engine.checkpoint:CheckpointError",
+    "LATEST_CHECKPOINT": "selfsup_core.engine.checkpoint:LATEST",
     "WeightsError": "selfsup_core.engine.weights_io:WeightsError",
     "read_state_dict": "selfsup_core.engine.weights_io:read_state_dict",
     "select_prefix": "selfsup_core.engine.weights_io:select_prefix",
