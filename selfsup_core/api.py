@@ -91,6 +91,7 @@ _EXPORTS: dict[str, str] = {
     "load_weights": "selfsup_core.engine.model_weights:load_weights",
     "load_summary": "selfsup_core.engine.model_weights:load_summary",
     "Trainer": "selfsup_core.engine.trainer:Trainer",
+    "ActiveRuntime": "selfsup_core.engine.runtimes:ActiveRuntime",
     "train": "selfsup_core.engine.trainer:train",
     # config sections plugins declare (selfsup_config_sections), and what a plugin that runs
     # models outside the trainer needs (selfsup-eval's ``eval`` command)
