@@ -60,8 +60,9 @@ def init_distributed(config: Config, settings: Any, device_type: str, registries
     Receives the run's config, its :class:`~selfsup_core.engine.settings.RunSettings` (whose
     ``samples_per_gpu`` is set from ``global_batch_size`` here), the device type (picks the
     backend) and the trainer's registries (for the runtime's ``check`` of the algorithm before
-    the rendezvous, :func:`.runtimes.check_before_rendezvous`). Returns the :class:`~selfsup_core.engine.dist.DistInfo`. A rendezvous that does
-    not complete within ``[runner] dist_timeout`` raises :class:`RendezvousError` (one line)."""
+    the rendezvous, :func:`.runtimes.check_before_rendezvous`). Returns the
+    :class:`~selfsup_core.engine.dist.DistInfo`. A rendezvous that does not complete within
+    ``[runner] dist_timeout`` raises :class:`RendezvousError` (one line)."""
     slurm.export_torch_env()
     world_size = world_size_from_env()
     settings.samples_per_gpu = per_process_batch(config, settings.global_batch_size, settings.samples_per_gpu,

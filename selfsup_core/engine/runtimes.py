@@ -85,7 +85,7 @@ def check_checkpoint(meta: Mapping[str, Any], path: str | Path, runtime: str | N
     convert = meta.get("runtime_convert")
     raise CheckpointError(
         f"checkpoint {path} holds {held}; resume it with [runner] distributed = '{owner}' on several processes"
-        + (f", or consolidate it with {str(convert).format(dir=Path(path).parent)}" if convert else ""))
+        + (f", or consolidate it with {str(convert).replace('{dir}', str(Path(path).parent))}" if convert else ""))
 
 
 class ActiveRuntime:

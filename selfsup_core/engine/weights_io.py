@@ -66,7 +66,7 @@ def read_state_dict(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     if meta.get("runtime_state"):  # a runtime (e.g. fsdp2) stored the weights elsewhere (engine/runtimes.py)
         convert = meta.get("runtime_convert")
         raise WeightsError(f"{path}: holds {meta['runtime_state']}, not weights; "
-                           + (f"consolidate them first: {str(convert).format(dir=path.parent)}" if convert else
+                           + (f"consolidate them first: {str(convert).replace('{dir}', str(path.parent))}" if convert else
                               f"resume it with [runner] distributed = '{meta.get('runtime')}'"))
     return unwrap_state_dict(obj, str(path)), dict(meta)
 
