@@ -65,8 +65,6 @@ def sharding_units(model: nn.Module) -> list[nn.Module]:
 class FSDP2Runtime:
     """The core's runtime contract for FSDP2; :data:`FSDP2` is the registered instance."""
 
-    name = RUNTIME_NAME
-
     def check(self, config: Config, settings: Any, model: nn.Module | type) -> None:
         """Called before the rendezvous (``model``: the algorithm's class) and before wrapping
         (the built algorithm): a one-line :class:`ConfigError` naming ``runner.distributed``
