@@ -60,6 +60,8 @@ _EXPORTS: dict[str, str] = {
     "atomic_write": "selfsup_core.fileio:atomic_write",
     "atomic_write_text": "selfsup_core.fileio:atomic_write_text",
     "atomic_save": "selfsup_core.engine.checkpoint:atomic_save",
+    "CheckpointError": "selfsup_core.engine.checkpoint:CheckpointError",
+    "LATEST_CHECKPOINT": "selfsup_core.engine.checkpoint:LATEST",
     "WeightsError": "selfsup_core.engine.weights_io:WeightsError",
     "read_state_dict": "selfsup_core.engine.weights_io:read_state_dict",
     "select_prefix": "selfsup_core.engine.weights_io:select_prefix",
@@ -89,6 +91,7 @@ _EXPORTS: dict[str, str] = {
     "load_weights": "selfsup_core.engine.model_weights:load_weights",
     "load_summary": "selfsup_core.engine.model_weights:load_summary",
     "Trainer": "selfsup_core.engine.trainer:Trainer",
+    "ActiveRuntime": "selfsup_core.engine.runtimes:ActiveRuntime",
     "train": "selfsup_core.engine.trainer:train",
     # config sections plugins declare (selfsup_config_sections), and what a plugin that runs
     # models outside the trainer needs (selfsup-eval's ``eval`` command)

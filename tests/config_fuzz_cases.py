@@ -81,6 +81,8 @@ def cases(seed: int = 34, count: int = 300) -> list[tuple[str, str, list[str]]]:
             new = rng.choice(_SWAPS[type(value)])
             if (isinstance(value, list) and not value) or (path[-1] == "out_indices" and isinstance(new, int)):
                 continue  # out_indices = 4 means (4,), by design
+            if path[-1] == "workers_per_gpu" and isinstance(new, int) and not isinstance(new, bool):
+                continue  # "auto" swapped for 123 is a valid worker count, not a malformed config
             _set(data, path, new)
             found.append((f"{name}: swap {'.'.join(map(str, path))}={new!r}", dump_toml(data), []))
         elif kind == "unknown":

@@ -54,36 +54,23 @@ def per_process_batch(config: Config, global_batch: int | None, samples_per_gpu:
     return global_batch // parts
 
 
-def refuse_unshardable_algorithm(config: Config, settings: Any, registries: Any) -> None:
-    """Before any process waits for another: with ``[runner] distributed = "fsdp2"``, raise the
-    one-line :class:`ConfigError` of :func:`.fsdp.check_runtime_fits` when the algorithm's class
-    needs unsharded parameters. A type that does not resolve is left to the build's errors."""
-    if settings.distributed != "fsdp2" or registries is None:
-        return
-    from . import fsdp
-
-    model = config.data.get("model")
-    try:
-        factory = registries["algorithms"].lookup(model["type"]).load()
-    except Exception:  # noqa: BLE001 - reported, with its key, when the model is built
-        return
-    fsdp.check_runtime_fits(config, settings, factory)
-
-
 def init_distributed(config: Config, settings: Any, device_type: str, registries: Any = None) -> dist.DistInfo:
     """Set up this process's place in the job; called once by the trainer before anything is built.
 
     Receives the run's config, its :class:`~selfsup_core.engine.settings.RunSettings` (whose
     ``samples_per_gpu`` is set from ``global_batch_size`` here), the device type (picks the
-    backend) and the trainer's registries (to check an fsdp2 run's algorithm before the
-    rendezvous). Returns the :class:`~selfsup_core.engine.dist.DistInfo`. A rendezvous that does
-    not complete within ``[runner] dist_timeout`` raises :class:`RendezvousError` (one line)."""
+    backend) and the trainer's registries (for the runtime's ``check`` of the algorithm before
+    the rendezvous, :func:`.runtimes.check_before_rendezvous`). Returns the
+    :class:`~selfsup_core.engine.dist.DistInfo`. A rendezvous that does not complete within
+    ``[runner] dist_timeout`` raises :class:`RendezvousError` (one line)."""
     slurm.export_torch_env()
     world_size = world_size_from_env()
     settings.samples_per_gpu = per_process_batch(config, settings.global_batch_size, settings.samples_per_gpu,
                                                  world_size, settings.accumulate_steps)
     if world_size > 1:
-        refuse_unshardable_algorithm(config, settings, registries)
+        from .runtimes import check_before_rendezvous
+
+        check_before_rendezvous(config, settings, registries)
     timeout = settings.dist_timeout
     try:
         if dist.launched_by_torchrun() and world_size > 1:
@@ -132,4 +119,4 @@ def rendezvous_error(config: Config, timeout: float, exc: BaseException) -> Rend
         + (", or raise [runner] dist_timeout" if timed_out else ""))
 
 
-__all__ = ["RendezvousError", "init_distributed", "join_process_group", "rendezvous_error", "refuse_unshardable_algorithm", "per_process_batch", "world_size_from_env"]
+__all__ = ["RendezvousError", "init_distributed", "join_process_group", "rendezvous_error", "per_process_batch", "world_size_from_env"]

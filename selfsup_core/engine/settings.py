@@ -5,8 +5,9 @@ The names follow MMSelfSup 0.x / MMCV so old configs move over one to one::
     seed = 0                      # top level: seed, deterministic, work_dir
     [runner]        max_epochs, device, precision, channels_last, compile, cudnn_benchmark,
                     find_unused_parameters, distributed (the runtime of a multi-process run:
-                    "ddp", "fsdp2", or one a plugin registers in selfsup.runtimes), dist_timeout,
-                    activation_checkpointing (engine.launch, engine.fsdp)
+                    "ddp", or one a plugin registers in selfsup.runtimes: selfsup-fsdp's "fsdp2"),
+                    dist_timeout (engine.launch), activation_checkpointing (read by runtimes that
+                    support it: fsdp2)
     [data]          samples_per_gpu, global_batch_size, workers_per_gpu (or "auto"), drop_last, pin_memory,
                     persistent_workers, prefetch_factor, replace, resident,
                     resident_memory_share, train (the dataset table)

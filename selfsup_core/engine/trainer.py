@@ -29,8 +29,7 @@ from ..build import Builder, build_hooks, validate
 from ..config import Config
 from ..errors import ConfigError, SelfSupError, describe_exception
 from . import checkpoint as ckpt
-from . import fsdp
-from . import dist
+from . import dist, runtimes
 from .data import (batch_size_of, device_transform_of, images_to_channels_last, shut_down_workers,
                    to_device)
 from .logger import RunLogger
@@ -268,13 +267,10 @@ class Trainer:
         if compile_mode:
             target = getattr(model, "backbone", None) if compile_mode in (True, "backbone") else None
             (target if isinstance(target, nn.Module) else model).compile()
-        if dist.is_distributed():  # the runtime named by [runner] distributed (a registered component)
-            runtime = self.registries["runtimes"].lookup(settings.distributed).load()
-            names = fsdp.check_runtime_fits(self.config, settings, model)  # fsdp2 refuses EMA-style algorithms
-            self.ddp_model: nn.Module = runtime(model, device=self.device, settings=settings)
-            fsdp.rebind_optimizer(self.optimizer, names, model)  # fully_shard replaces the parameters
-        else:
-            self.ddp_model = model
+        # the runtime named by [runner] distributed (a registered component; engine/runtimes.py)
+        self.dist_runtime = runtimes.active_runtime(self.registries, settings.distributed if dist.is_distributed() else None)
+        self.ddp_model: nn.Module = self.dist_runtime.wrap(model, self.optimizer, config=self.config, settings=settings,
+                                                           device=self.device)
 
         self.plugin_manager.register_in_order(self.hooks)
         self._registered = [name for name, _ in self.hooks]
@@ -586,7 +582,7 @@ class Trainer:
         """Write ``latest.pth`` (and ``epoch_N.pth`` when ``epoch_file``), atomically.
 
         Collective: every process must call it. Only the main process writes."""
-        state = fsdp.save_shards(self, self.state_dict())  # an fsdp2 run: shards under shards/, the rest here
+        state = self.dist_runtime.save_state(self, self.state_dict())  # e.g. fsdp2: shards elsewhere, the rest here
         latest = self.work_dir / ckpt.LATEST
         if self.dist.is_main:
             target = self.work_dir / f"epoch_{self.epoch}.pth" if epoch_file else latest
@@ -606,14 +602,13 @@ class Trainer:
                 ) from exc
             if epoch_file:
                 ckpt.prune(self.work_dir, self.settings.max_keep_ckpts)
-            if state["meta"].get("sharded"):
-                fsdp.prune_shards(self.work_dir)
+            self.dist_runtime.after_save(self.work_dir)
         dist.barrier()
         return latest
 
     def _load_checkpoint(self, path: Path) -> None:
         state = ckpt.load(path, map_location=self.device)
-        state = fsdp.load_shards(self, state, path)
+        state = self.dist_runtime.load_state(self, state, path)
         missing = [k for k in ("meta", "state_dict", "optimizer") if k not in state]
         if missing:
             raise ckpt.CheckpointError(f"checkpoint {path} is not a training checkpoint (it lacks {', '.join(missing)})")

@@ -63,10 +63,11 @@ def read_state_dict(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
         raise WeightsError(f"{path}: cannot be read by torch.load(weights_only=True) ({first[:200]})") from exc
     _check_integrity(obj, path)
     meta = obj.get("meta") if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping) else {}
-    if meta.get("sharded"):  # an fsdp2 run's checkpoint: the weights are in its shard folder
-        raise WeightsError(f"{path}: holds FSDP2 shards ({meta['sharded']}), not weights; consolidate them first: "
-                           f"python -m torch.distributed.checkpoint.format_utils dcp_to_torch "
-                           f"{path.parent / str(meta['sharded'])} weights.pth")
+    if meta.get("runtime_state"):  # a runtime (e.g. fsdp2) stored the weights elsewhere (engine/runtimes.py)
+        convert = meta.get("runtime_convert")
+        raise WeightsError(f"{path}: holds {meta['runtime_state']}, not weights; "
+                           + (f"consolidate them first: {str(convert).replace('{dir}', str(path.parent))}" if convert else
+                              f"resume it with [runner] distributed = '{meta.get('runtime')}'"))
     return unwrap_state_dict(obj, str(path)), dict(meta)
 
 

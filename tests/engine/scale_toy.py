@@ -9,8 +9,7 @@ from torch import nn
 
 
 class ToyBlocks(nn.Module):
-    """A stack of linear blocks in an ``nn.ModuleList`` (fsdp2's sharding units); loss = MSE to
-    the reversed input. Reads no parameter outside its blocks' forward, so it shards."""
+    """A stack of linear blocks in an ``nn.ModuleList``; loss = MSE to the reversed input."""
 
     def __init__(self, dim: int = 8, hidden: int = 16, depth: int = 2) -> None:
         super().__init__()

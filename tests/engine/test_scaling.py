@@ -1,6 +1,7 @@
-"""Scaling out (README "Scaling out"): multi-node torchrun, Slurm, FSDP2, elastic restarts and
-the refusals that keep a broken job from hanging. Every multi-process run here is 2 gloo CPU
-processes on this machine training a tiny MLP for 2 epochs of 2 iterations."""
+"""Scaling out (README "Scaling out"): multi-node torchrun, Slurm, elastic restarts and the
+refusals that keep a broken job from hanging (the fsdp2 runtime's tests are in
+plugins/selfsup-fsdp/tests). Every multi-process run here is 2 gloo CPU processes on this
+machine training a tiny MLP for 2 epochs of 2 iterations."""
 from __future__ import annotations
 
 import os
@@ -89,16 +90,9 @@ def srun(config: Path, work: Path, env: dict, *extra: str, world: int = 2, ranks
 
 
 def weights(path: Path) -> dict:
-    """Model and optimizer state of a checkpoint: a plain one, or an fsdp2 one's shards."""
+    """Model and optimizer state of a checkpoint."""
     state = torch.load(path, weights_only=True)
-    sharded = state["meta"].get("sharded")
-    if not sharded:
-        return {"model": state["state_dict"], "optimizer": state["optimizer"]}
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    full = path.parent / "consolidated.pth"
-    dcp_to_torch_save(path.parent / sharded, full)
-    return torch.load(full, weights_only=True)
+    return {"model": state["state_dict"], "optimizer": state["optimizer"]}
 
 
 def assert_close_weights(a: dict, b: dict) -> None:
@@ -213,65 +207,6 @@ def test_torchrun_restarts_a_killed_worker_and_ends_equal_to_the_uninterrupted_r
     assert_bitwise_equal(ended["optimizer"], reference["optimizer"])
 
 
-# -- FSDP2 ------------------------------------------------------------------------------------
-def test_fsdp2_shards_units_and_checkpoints_activations(tmp_path):
-    """In-process, world size 1: the units are the ModuleList's blocks; with activation
-    checkpointing each block's forward runs again in the backward pass."""
-    import torch.distributed as torch_dist
-    from types import SimpleNamespace
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from scale_toy import ToyBlocks
-
-    from selfsup_core.engine.fsdp import fsdp2_runtime, is_sharded, sharding_units
-
-    assert [type(u).__name__ for u in sharding_units(ToyBlocks())] == ["Sequential", "Sequential"]
-    torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        calls = {}
-        for checkpointing in (False, True):
-            model = ToyBlocks()
-            counted = model.blocks[0][0]
-            calls[checkpointing] = 0
-
-            def count(*_, key=checkpointing):
-                calls[key] += 1
-
-            counted.register_forward_hook(count)
-            sharded = fsdp2_runtime(model, device=torch.device("cpu"),
-                                    settings=SimpleNamespace(activation_checkpointing=checkpointing))
-            assert is_sharded(sharded) and is_sharded(sharded.blocks[0])
-            sharded(torch.randn(2, 8))["loss"].backward()
-        assert calls == {False: 1, True: 2}
-    finally:
-        torch_dist.destroy_process_group()
-
-
-def test_fsdp2_under_two_fake_srun_tasks_matches_one_process_and_resumes_from_its_shards(tmp_path, toy_env, single):
-    """Two Slurm tasks (SLURM_* variables only) train with fsdp2 and activation checkpointing;
-    [data] global_batch_size = 8 gives each 4, the single run's 8 in all."""
-    runner = 'distributed = "fsdp2"\nactivation_checkpointing = true'
-    config = write(tmp_path, "fsdp.toml", runner=runner)
-    config.write_text(config.read_text().replace("samples_per_gpu = 4", "global_batch_size = 8"))
-    env = clean_env(toy_env)
-    results = srun(config, tmp_path / "w", env)
-    assert [r.returncode for r in results] == [0, 0], results[0].stderr[-3000:] + results[1].stderr[-3000:]
-    assert "FSDPToyBlocks on cpu x 2 processes" in results[0].stderr and "2 iterations/epoch" in results[0].stderr
-    assert results[1].stdout == "" and results[0].stdout.startswith("done: epoch 2, iteration 4")
-    state = torch.load(tmp_path / "w" / "latest.pth", weights_only=True)
-    assert state["meta"]["sharded"] == "shards/iter_4" and state["state_dict"] == {}
-    assert sorted(p.name for p in (tmp_path / "w" / "shards").iterdir()) == ["iter_2", "iter_4"]  # epoch_1, epoch_2
-    full = weights(tmp_path / "w" / "latest.pth")
-    assert_close_weights(full["model"], single)
-    # resume epoch 2 from epoch 1's shards in a new work dir: bitwise the same end
-    again = srun(config, tmp_path / "again", env, "--resume", str(tmp_path / "w" / "epoch_1.pth"))
-    assert [r.returncode for r in again] == [0, 0], again[0].stderr[-3000:]
-    assert "resumed from" in again[0].stderr
-    resumed = weights(tmp_path / "again" / "latest.pth")
-    assert_bitwise_equal(resumed["model"], full["model"])
-    assert_bitwise_equal(resumed["optimizer"]["state"], full["optimizer"]["state"])
-
-
 # -- refusals: one line, exit 2, no hang --------------------------------------------------------
 def test_a_global_batch_the_world_size_does_not_divide_is_refused(tmp_path, toy_env, write_config):
     config = load_config(write_config())
@@ -317,42 +252,3 @@ def test_a_torchrun_node_that_never_joins_ends_after_torchrun_join_timeout(tmp_p
     assert run.returncode == 1 and "RendezvousTimeoutError" in run.stderr
     assert time.monotonic() - start < 45
     assert not (tmp_path / "w").exists()
-
-
-def test_fsdp2_refuses_an_algorithm_with_a_momentum_network(tmp_path, toy_env):
-    config = write(tmp_path, "ema.toml", runner='distributed = "fsdp2"')
-    config.write_text(config.read_text().replace('type = "scale_toy:ToyBlocks"', 'type = "selfsup_toy:ToyEMA"'))
-    start = time.monotonic()
-    results = srun(config, tmp_path / "w", clean_env(toy_env), ranks=[1], timeout=60)  # refused before the rendezvous
-    assert time.monotonic() - start < 45
-    for result in results:
-        assert result.returncode == 2, result.stderr[-3000:]
-        assert result.stderr.strip().splitlines() == [
-            f"error: {config}: runner.distributed: 'fsdp2' cannot shard this model: ToyEMA copies parameters into its "
-            "momentum (EMA) network outside the forward pass (momentum_update), which needs unsharded parameters; "
-            "use distributed = 'ddp'"]
-
-
-def test_sharded_and_full_checkpoints_are_not_mixed_up(tmp_path):
-    """A run without fsdp2 given an fsdp2 checkpoint gets one line, and so does reading its
-    weights; a full checkpoint passes through to the trainer's own loading."""
-    from types import SimpleNamespace
-
-    from selfsup_core.engine.checkpoint import CheckpointError
-    from selfsup_core.engine.fsdp import load_shards
-
-    plain = SimpleNamespace(model=torch.nn.Linear(2, 2))
-    state = {"meta": {"sharded": "shards/iter_4"}, "state_dict": {}, "optimizer": {}}
-    with pytest.raises(CheckpointError, match=r"^checkpoint .*latest\.pth holds FSDP2 shards \(shards/iter_4\); "
-                                              r"resume it with \[runner\] distributed = 'fsdp2'"):
-        load_shards(plain, state, tmp_path / "latest.pth")
-    full = {"meta": {}, "state_dict": {}, "optimizer": {}}
-    assert load_shards(plain, full, tmp_path / "latest.pth") is full  # not sharded: the trainer loads it
-    from selfsup_core.engine.weights_io import WeightsError, read_state_dict
-
-    torch.save(state, tmp_path / "latest.pth")
-    with pytest.raises(WeightsError) as info:  # export, eval, init_cfg Pretrained
-        read_state_dict(tmp_path / "latest.pth")
-    assert str(info.value) == (
-        f"{tmp_path / 'latest.pth'}: holds FSDP2 shards (shards/iter_4), not weights; consolidate them first: python -m "
-        f"torch.distributed.checkpoint.format_utils dcp_to_torch {tmp_path / 'shards/iter_4'} weights.pth")
