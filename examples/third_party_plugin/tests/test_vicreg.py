@@ -300,9 +300,13 @@ def test_bulk_registration_hook(selfsup_site) -> None:
         selfsup_core.build.build({"type": "TinyConvNetS", "widths": [8]}, "backbones", registries=registries)
 
 
-def test_config_check_calls_process_config_hook(installed, selfsup_hook_recorder) -> None:
+def test_config_check_calls_process_config_hook(installed, selfsup_plugin_manager, selfsup_hook_recorder) -> None:
     """``selfsup_hook_recorder``: the hooks the CLI calls while checking the config (the
-    command line is parsed first, with the commands plugins add)."""
+    command line is parsed first, with the commands plugins add). The config's ``[evaluation]``
+    section is selfsup-eval's, so its plugin joins the otherwise empty test manager."""
+    import selfsup_eval.plugin
+
+    selfsup_plugin_manager.register(selfsup_eval.plugin, name="eval")
     assert cli.main([str(CONFIG), "--check"]) == 0
     assert selfsup_hook_recorder.names() == ["selfsup_register_commands", "selfsup_process_config"]
     assert selfsup_hook_recorder.calls[1].kwargs["config"].data["model"]["backbone"]["type"] == "TinyConvNet"
