@@ -41,7 +41,6 @@ import pytest
 from . import plugins as _plugins
 from . import registry as _registry
 from . import session as _session
-from . import session as _session
 from .discovery import normalize_name
 
 
@@ -288,3 +287,34 @@ def read_metrics(work_dir: str | os.PathLike[str], mode: str | None = None) -> l
     lines = (Path(work_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     records = [json.loads(line) for line in lines if line.strip()]
     return [r for r in records if mode is None or r.get("mode") == mode]
+
+
+def assert_bitwise_equal(a: Any, b: Any, where: str = "") -> None:
+    """Assert that two states (tensors, nested dicts, lists and plain values, as in a
+    checkpoint) are equal to the bit: same keys, lengths, dtypes, shapes and values.
+    ``where`` prefixes the failing key path in the message."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), where
+        for key in a:
+            assert_bitwise_equal(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_bitwise_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def assert_close_weights(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Assert that two state dicts have the same keys and values equal to ``rtol``/``atol``
+    (runs that differ only in how the batch was split over processes)."""
+    import torch
+
+    assert set(a) == set(b), sorted(set(a) ^ set(b))
+    for key, value in a.items():
+        torch.testing.assert_close(value, b[key], rtol=rtol, atol=atol, msg=lambda m, key=key: f"{key}: {m}")

@@ -19,6 +19,7 @@ from selfsup_core.engine import slurm
 from selfsup_core.engine.launch import per_process_batch
 from selfsup_core.engine.trainer import Trainer
 from selfsup_core.errors import ConfigError
+from selfsup_core.testing import assert_bitwise_equal, assert_close_weights
 
 CONFIG = """
 seed = 3
@@ -93,27 +94,6 @@ def weights(path: Path) -> dict:
     """Model and optimizer state of a checkpoint."""
     state = torch.load(path, weights_only=True)
     return {"model": state["state_dict"], "optimizer": state["optimizer"]}
-
-
-def assert_close_weights(a: dict, b: dict) -> None:
-    assert set(a) == set(b)
-    for key, value in a.items():
-        torch.testing.assert_close(value, b[key], rtol=1e-5, atol=1e-6)
-
-
-def assert_bitwise_equal(a, b, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for key in a:
-            assert_bitwise_equal(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_bitwise_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from selfsup_core.config import load_config
 from selfsup_core.engine import checkpoint as ckpt
 from selfsup_core.engine.trainer import NonFiniteLossError, RunInterrupted, Trainer
 from selfsup_core.errors import ConfigError, SelfSupError
+from selfsup_core.testing import assert_bitwise_equal
 
 
 def run(path: Path, work_dir: Path, overrides=(), **kwargs):
@@ -24,22 +25,6 @@ def run(path: Path, work_dir: Path, overrides=(), **kwargs):
 
 def final_state(work_dir: Path) -> dict:
     return torch.load(work_dir / "latest.pth", weights_only=True)
-
-
-def assert_bitwise_equal(a, b, where="") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for key in a:
-            assert_bitwise_equal(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_bitwise_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def test_a_run_writes_checkpoints_metrics_and_the_resolved_config(write_config, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from selfsup_core.api import ActiveRuntime, CheckpointError, Trainer, WeightsError, load_config, read_state_dict, session
+from selfsup_core.testing import assert_bitwise_equal, assert_close_weights
 
 HERE = Path(__file__).resolve().parent
 CONFIG = """
@@ -89,27 +90,6 @@ def weights(path: Path) -> dict:
     full = path.parent / "consolidated.pth"
     dcp_to_torch_save(path.parent / sharded, full)
     return torch.load(full, weights_only=True)
-
-
-def assert_close_weights(a: dict, b: dict) -> None:
-    assert set(a) == set(b)
-    for key, value in a.items():
-        torch.testing.assert_close(value, b[key], rtol=1e-5, atol=1e-6)
-
-
-def assert_bitwise_equal(a, b, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), f"{where} differs"
-    elif isinstance(a, dict):
-        assert set(a) == set(b), where
-        for key in a:
-            assert_bitwise_equal(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_bitwise_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 @pytest.fixture(scope="module")
