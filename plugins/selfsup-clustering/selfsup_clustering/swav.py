@@ -16,25 +16,10 @@ from typing import Any, Union
 
 import torch
 from selfsup_core.api import SelfSupError, dist
-from selfsup_models.algorithm import BaseAlgorithm, check_views
+from selfsup_models.algorithm import BaseAlgorithm, check_views, resolution_groups
 from torch import nn
 
 InitCfg = Union[Mapping[str, Any], Sequence[Mapping[str, Any]], None]
-
-
-def resolution_groups(views: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
-    """``[(start, end), ...]`` runs of consecutive views with the same spatial size.
-
-    ``[224, 224, 96, 96, 96]`` px views give ``[(0, 2), (2, 5)]``: each run is stacked into
-    one backbone call.
-    """
-    groups: list[tuple[int, int]] = []
-    start = 0
-    for i in range(1, len(views) + 1):
-        if i == len(views) or views[i].shape[-2:] != views[start].shape[-2:]:
-            groups.append((start, i))
-            start = i
-    return groups
 
 
 class SwAV(BaseAlgorithm):
@@ -226,4 +211,4 @@ class SwAVHook:
         return queue.to(runner.device)
 
 
-__all__ = ["SwAV", "SwAVHook", "resolution_groups"]
+__all__ = ["SwAV", "SwAVHook"]

@@ -12,7 +12,8 @@ from selfsup_models.heads.swav import SwAVHead, sinkhorn
 from selfsup_models.necks import SwAVNeck
 from torch import nn
 
-from selfsup_clustering.swav import SwAV, SwAVHook, resolution_groups
+from selfsup_clustering.swav import SwAV, SwAVHook
+from selfsup_models.algorithm import resolution_groups
 
 FASHION = "swav_resnet18_1xb256-mcrop-2-4-coslr-200e_fashion-mnist.toml"
 

@@ -6,22 +6,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import torch
-from selfsup_models.algorithm import BaseAlgorithm, check_views, make_momentum_copy, momentum_update_
+from selfsup_models.algorithm import BaseAlgorithm, check_views, make_momentum_copy, momentum_update_, resolution_groups
 from torch import nn
 
 InitCfg = Union[Mapping[str, Any], Sequence[Mapping[str, Any]], None]
-
-
-def resolution_groups(views: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
-    """``[(start, end), ...]``: runs of consecutive views of one spatial size (one backbone call
-    each); ``[224, 224, 96, 96]`` px views give ``[(0, 2), (2, 4)]``."""
-    groups: list[tuple[int, int]] = []
-    start = 0
-    for i in range(1, len(views) + 1):
-        if i == len(views) or views[i].shape[-2:] != views[start].shape[-2:]:
-            groups.append((start, i))
-            start = i
-    return groups
 
 
 class DINO(BaseAlgorithm):
@@ -100,4 +88,4 @@ class DINO(BaseAlgorithm):
         return self.head.loss(student, teacher, self.epoch)
 
 
-__all__ = ["DINO", "resolution_groups"]
+__all__ = ["DINO"]

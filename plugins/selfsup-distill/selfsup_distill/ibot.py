@@ -6,9 +6,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
 import torch
+from selfsup_models.algorithm import resolution_groups
 from torch import nn
 
-from .dino import DINO, resolution_groups
+from .dino import DINO
 from .masks import BlockMaskSampler
 
 InitCfg = Union[Mapping[str, Any], Sequence[Mapping[str, Any]], None]

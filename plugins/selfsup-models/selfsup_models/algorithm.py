@@ -85,6 +85,19 @@ def check_views(owner: str, img: Any, count: int | None = None, *, at_least: int
     return views
 
 
+def resolution_groups(views: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """``[(start, end), ...]``: runs of consecutive views of one spatial size, so that a
+    multi-crop algorithm (SwAV, DINO, iBOT) calls its backbone once per size;
+    ``[224, 224, 96, 96]`` px views give ``[(0, 2), (2, 4)]``."""
+    groups: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(views) + 1):
+        if i == len(views) or views[i].shape[-2:] != views[start].shape[-2:]:
+            groups.append((start, i))
+            start = i
+    return groups
+
+
 def make_momentum_copy(online: nn.Module) -> nn.Module:
     """A copy of ``online`` to serve as its momentum (EMA) target: same weights, no gradients."""
     target = copy.deepcopy(online)
@@ -113,4 +126,5 @@ def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
-__all__ = ["BaseAlgorithm", "at_least_float32", "check_views", "make_momentum_copy", "momentum_update_"]
+__all__ = ["BaseAlgorithm", "at_least_float32", "check_views", "make_momentum_copy", "momentum_update_",
+           "resolution_groups"]
