@@ -162,7 +162,7 @@ def test_missing_checkpoint_is_one_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         _resnet(depth=18, init_cfg={"type": "Pretrained", "checkpoint": str(tmp_path / "absent.pth")})
     message = str(info.value)
-    assert "\n" not in message and "absent.pth" in message and "not found" in message
+    assert "\n" not in message and "absent.pth" in message and "no such checkpoint file" in message
 
 
 @pytest.mark.parametrize(
