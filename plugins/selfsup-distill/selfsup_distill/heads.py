@@ -23,6 +23,7 @@ from selfsup_core.api import dist
 from selfsup_models.init import BaseModule
 from torch import nn
 
+from .monitor import teacher_entropies
 from .schedules import teacher_temperature
 
 InitCfg = Union[Mapping[str, Any], Sequence[Mapping[str, Any]], None]
@@ -242,8 +243,9 @@ class DINOHead(BaseModule):
         """``{"loss": dino_loss(...)}`` with the current centre and ``epoch``'s teacher
         temperature; then the centre moves towards the teacher's batch mean (all processes)."""
         loss = dino_loss(student, teacher, self.center, self.student_temp, self.teacher_temp_at(epoch))
+        monitors = teacher_entropies(teacher, self.center, self.teacher_temp_at(epoch))
         self.center.copy_(updated_center(self.center, torch.cat([t.detach() for t in teacher]), self.center_momentum))
-        return {"loss": loss}
+        return {"loss": loss, **monitors}
 
 
 class iBOTHead(DINOHead):  # noqa: N801 - the method's own spelling
