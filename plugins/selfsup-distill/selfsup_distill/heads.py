@@ -23,6 +23,7 @@ from selfsup_core.api import dist
 from selfsup_models.init import BaseModule
 from torch import nn
 
+from .monitor import teacher_entropies
 from .schedules import teacher_temperature
 
 InitCfg = Union[Mapping[str, Any], Sequence[Mapping[str, Any]], None]
@@ -242,8 +243,9 @@ class DINOHead(BaseModule):
         """``{"loss": dino_loss(...)}`` with the current centre and ``epoch``'s teacher
         temperature; then the centre moves towards the teacher's batch mean (all processes)."""
         loss = dino_loss(student, teacher, self.center, self.student_temp, self.teacher_temp_at(epoch))
+        monitors = teacher_entropies(teacher, self.center, self.teacher_temp_at(epoch))
         self.center.copy_(updated_center(self.center, torch.cat([t.detach() for t in teacher]), self.center_momentum))
-        return {"loss": loss}
+        return {"loss": loss, **monitors}
 
 
 class iBOTHead(DINOHead):  # noqa: N801 - the method's own spelling
@@ -283,14 +285,16 @@ class iBOTHead(DINOHead):  # noqa: N801 - the method's own spelling
                   masks: Sequence[torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
         """``{"loss_cls": lambda_cls * dino_loss, "loss_patch": lambda_patch * ibot_patch_loss}``
         (student [CLS] of every view, patches of the masked global views; the teacher's of the
-        unmasked global views); then both centres are updated."""
+        unmasked global views), and the [CLS] teacher's entropies (:func:`teacher_entropies`); then
+        both centres are updated."""
         loss_cls = dino_loss(student_cls, teacher_cls, self.center, self.student_temp, self.teacher_temp_at(epoch))
         loss_patch = ibot_patch_loss(student_patch, teacher_patch, masks, self.center_patch, self.student_temp,
                                      self.teacher_patch_temp_at(epoch))
+        monitors = teacher_entropies(teacher_cls, self.center, self.teacher_temp_at(epoch))
         self.center.copy_(updated_center(self.center, torch.cat([t.detach() for t in teacher_cls]), self.center_momentum))
         self.center_patch.copy_(updated_center(self.center_patch, torch.cat([t.detach() for t in teacher_patch]),
                                                self.center_momentum))
-        return {"loss_cls": self.lambda_cls * loss_cls, "loss_patch": self.lambda_patch * loss_patch}
+        return {"loss_cls": self.lambda_cls * loss_cls, "loss_patch": self.lambda_patch * loss_patch, **monitors}
 
 
 __all__ = ["DINOHead", "DINONeck", "WeightNormLinear", "backbone_embedding", "dino_loss", "iBOTHead",

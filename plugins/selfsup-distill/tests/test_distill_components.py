@@ -99,7 +99,7 @@ def test_ibot_masks_the_student_global_views_only() -> None:
     seen = []
     model.backbone.register_forward_pre_hook(lambda m, a, k: seen.append(k.get("mask")), with_kwargs=True)
     out = model(views(batch=2), mode="train")
-    assert set(out) == {"loss_cls", "loss_patch"}
+    assert set(out) == {"loss_cls", "loss_patch", "teacher_entropy", "teacher_batch_entropy"}
     masks, local_masks = seen[0], seen[1:]
     assert local_masks == [None]  # one call for the local views (one size), unmasked
     assert masks.shape == (4, 4, 4) and masks.dtype == torch.bool and bool(masks.flatten(1).any(1).all())
