@@ -31,7 +31,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +258,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def fake_srun(command: Sequence[str], env: Mapping[str, str], *, world: int = 2, ranks: Sequence[int] | None = None,
+              timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    """Start ``command`` as the tasks of a fake ``srun`` job and wait for them.
+
+    Each task gets Slurm's variables only (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``,
+    a node list that starts with localhost, and a ``SLURM_JOB_ID`` whose rendezvous port,
+    ``12000 + id % 20000`` as selfsup derives it, is free now) on top of ``env``. ``ranks``
+    starts only those tasks (default: all ``world``). Returns one CompletedProcess per task.
+    """
+    from .engine.slurm import PORT_BASE, PORT_SPAN
+
+    port = next((p for p in range(PORT_BASE + os.getpid() % 5000, PORT_BASE + PORT_SPAN) if _bindable(p)), None)
+    if port is None:
+        raise RuntimeError(f"no free port in [{PORT_BASE}, {PORT_BASE + PORT_SPAN})")
+    procs = []
+    for rank in range(world) if ranks is None else ranks:
+        task = dict(env, SLURM_PROCID=str(rank), SLURM_NTASKS=str(world), SLURM_LOCALID=str(rank),
+                    SLURM_JOB_NODELIST="localhost,gpu-a[01-03]", SLURM_JOB_ID=str(port - PORT_BASE))
+        procs.append(subprocess.Popen(list(command), env=task, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def run_ranks(script: str | os.PathLike[str], *args: str | os.PathLike[str], world_size: int = 2,

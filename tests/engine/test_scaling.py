@@ -5,7 +5,6 @@ machine training a tiny MLP for 2 epochs of 2 iterations."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from selfsup_core.engine import slurm
 from selfsup_core.engine.launch import per_process_batch
 from selfsup_core.engine.trainer import Trainer
 from selfsup_core.errors import ConfigError
-from selfsup_core.testing import assert_bitwise_equal, assert_close_weights
+from selfsup_core.testing import assert_bitwise_equal, assert_close_weights, fake_srun, free_port
 
 CONFIG = """
 seed = 3
@@ -57,37 +56,14 @@ def clean_env(toy_env: dict) -> dict:
     return dict(env, OMP_NUM_THREADS="1", TORCH_CPP_LOG_LEVEL="ERROR")
 
 
-def free_port(low: int = 20000, high: int = 30000) -> int:
-    for port in range(low + os.getpid() % 5000, high):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
-
-
 def cli(config: Path, work: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "selfsup_core.cli", str(config), "--allow-import-paths", "--work-dir", str(work),
             "--device", "cpu", *extra]
 
 
 def srun(config: Path, work: Path, env: dict, *extra: str, world: int = 2, ranks=None, timeout: int = 120):
-    """Start the ranks of a fake ``srun`` job (Slurm's variables only; the port comes from the
-    job id) and wait for them; returns their CompletedProcess-like results."""
-    port = free_port(slurm.PORT_BASE, slurm.PORT_BASE + slurm.PORT_SPAN)
-    procs = []
-    for rank in range(world) if ranks is None else ranks:
-        task = dict(env, SLURM_PROCID=str(rank), SLURM_NTASKS=str(world), SLURM_LOCALID=str(rank),
-                    SLURM_JOB_NODELIST="localhost,gpu-a[01-03]", SLURM_JOB_ID=str(port - slurm.PORT_BASE))
-        procs.append(subprocess.Popen(cli(config, work, *extra), env=task, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    return results
+    """The ranks of a fake ``srun`` job running the CLI on ``config`` (see ``fake_srun``)."""
+    return fake_srun(cli(config, work, *extra), env, world=world, ranks=ranks, timeout=timeout)
 
 
 def weights(path: Path) -> dict:

@@ -3,9 +3,6 @@ checkpoints and resume, and its refusals. The multi-process runs are 2 gloo CPU 
 started as fake Slurm tasks, training a tiny MLP for 2 epochs of 2 iterations."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -15,7 +12,7 @@ import pytest
 import torch
 
 from selfsup_core.api import ActiveRuntime, CheckpointError, Trainer, WeightsError, load_config, read_state_dict, session
-from selfsup_core.testing import assert_bitwise_equal, assert_close_weights
+from selfsup_core.testing import assert_bitwise_equal, assert_close_weights, fake_srun
 
 HERE = Path(__file__).resolve().parent
 CONFIG = """
@@ -40,8 +37,6 @@ max_epochs = 2
 progress = "none"
 plot = false
 """
-#: Slurm's master port is 12000 + SLURM_JOB_ID % 20000 (README "Scaling out")
-PORT_BASE, PORT_SPAN = 12000, 20000
 
 
 def write(folder: Path, name: str, batch: int = 4, runner: str = "") -> Path:
@@ -50,33 +45,11 @@ def write(folder: Path, name: str, batch: int = 4, runner: str = "") -> Path:
     return path
 
 
-def free_port(low: int, high: int) -> int:
-    for port in range(low + os.getpid() % 5000, high):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
-
-
 def srun(config: Path, work: Path, env: dict, *extra: str, world: int = 2, ranks=None, timeout: int = 120):
-    """Start the ranks of a fake ``srun`` job (Slurm's variables only; the port comes from the
-    job id) and wait for them; returns their CompletedProcess-like results."""
-    port = free_port(PORT_BASE, PORT_BASE + PORT_SPAN)
+    """The ranks of a fake ``srun`` job running the CLI on ``config`` (see ``fake_srun``)."""
     command = [sys.executable, "-m", "selfsup_core.cli", str(config), "--allow-import-paths", "--work-dir", str(work),
                "--device", "cpu", *extra]
-    procs = []
-    for rank in range(world) if ranks is None else ranks:
-        task = dict(env, SLURM_PROCID=str(rank), SLURM_NTASKS=str(world), SLURM_LOCALID=str(rank),
-                    SLURM_JOB_NODELIST="localhost,gpu-a[01-03]", SLURM_JOB_ID=str(port - PORT_BASE))
-        procs.append(subprocess.Popen(command, env=task, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=timeout)
-        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    return results
+    return fake_srun(command, env, world=world, ranks=ranks, timeout=timeout)
 
 
 def weights(path: Path) -> dict:
