@@ -11,7 +11,6 @@ Torch-free: the CLI validates top-level keys before anything heavy is imported.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import attrs

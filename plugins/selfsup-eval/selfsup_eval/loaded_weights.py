@@ -9,7 +9,6 @@ walking ``model.named_modules()``.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from selfsup_core.api import Config, Problems, load_summary
