@@ -12,8 +12,14 @@ Runs ``selfsup-run CONFIG`` (a real subprocess, the shipped config) with
 and scores raw pixels (the ``Extractor``/``RawPixels`` config) on the same bank and test images,
 the reference a trained backbone has to beat. With ``--linear`` the trained checkpoint is also
 scored by the linear probe (``selfsup-run eval --evaluator linear``: BN + linear layer on the
-frozen features, SGD, 100 epochs; trained on the bank images, scored on the test images). Prints the figures and writes
-``benchmarks/results/fashion_mnist_<name>.json`` (``--name``, default: the config's algorithm).
+frozen features, SGD, 100 epochs; trained on the bank images, scored on the test images). With
+``--finetune`` (configs with a ``FineTune`` evaluator: the MIM methods) the checkpoint is
+fine-tuned with labels (``--evaluator finetune``) and the same network is trained the same way
+from its random initialisation (layer-wise lr decay off: it only makes sense for pre-trained
+blocks), so that fine-tuned top-1 can be set against training from scratch for the same
+epochs (``--finetune-epochs``, default: the evaluator's). Prints the figures and writes
+``RESULTS/fashion_mnist_<name>.json`` (``--results``, default ``benchmarks/results``;
+``--name``, default: the config's algorithm).
 
     python benchmarks/fashion_mnist_pretrain.py examples/configs/simclr_resnet18_1xb256-coslr-200e_fashion-mnist.toml \
         --epochs 4 --train-samples 10000 [--device cpu] [--cfg-options KEY=VALUE ...]
@@ -50,8 +56,10 @@ def recorded_raw_pixels() -> dict[str, float]:
                          "or use --raw-pixels run") from None
 
 
-def subset_tables(config: Any, train_samples: int, bank_samples: int, test_samples: int) -> dict[str, dict]:
-    """The config's data sources wrapped in ``Subset`` tables (seed 0: the same images every run)."""
+def subset_tables(config: Any, train_samples: int, bank_samples: int, test_samples: int,
+                  root: Path | None = None) -> dict[str, dict]:
+    """The config's data sources wrapped in ``Subset`` tables (seed 0: the same images every
+    run), read from ``root`` when given."""
     tables = {}
     for dotted, count in (("data.train.data_source", train_samples), ("evaluation.train.data_source", bank_samples),
                           ("evaluation.test.data_source", test_samples)):
@@ -61,8 +69,57 @@ def subset_tables(config: Any, train_samples: int, bank_samples: int, test_sampl
         if not isinstance(node, dict):
             raise SystemExit(f"{config.filename}: {dotted} is missing; the benchmark needs a Fashion-MNIST config "
                              "with a data source and an [evaluation] section")
-        tables[dotted] = {"type": "Subset", "num_samples": count, "seed": 0, "source": node}
+        source = {**node, "root": str(root)} if root is not None else node
+        tables[dotted] = {"type": "Subset", "num_samples": count, "seed": 0, "source": source}
     return tables
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    return str(path.resolve().relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
+
+
+def finetune_evaluator(config: Any, epochs: int | None) -> dict[str, Any]:
+    """The config's ``FineTune`` evaluator table, with ``epochs`` (and a warm-up that fits in
+    them) when given; exits with one line when the config has none."""
+    evaluators = config.data.get("evaluation", {}).get("evaluators", [])
+    table = next((dict(e) for e in evaluators if isinstance(e, dict) and e.get("type") == "FineTune"), None)
+    if table is None:
+        raise SystemExit(f"{config.filename}: --finetune needs a FineTune table in [[evaluation.evaluators]] "
+                         "(see mae_vit-mini-p4_1xb256-coslr-100e_fashion-mnist.toml)")
+    if epochs is not None:
+        if epochs < 1:
+            raise SystemExit(f"--finetune-epochs must be >= 1, got {epochs}")
+        table["epochs"] = epochs
+        table["warmup_epochs"] = min(int(table.get("warmup_epochs", 5)), epochs - 1)
+    return table
+
+
+def fine_tune_and_scratch(derived: Path, checkpoint: Path, table: dict[str, Any], tmp: Path, selfsup_run: str,
+                          device: list[str], cfg_options: list[str]) -> dict[str, Any]:
+    """Fine-tune ``checkpoint`` with ``table`` and train the same network from its random
+    initialisation with the same table but no layer-wise lr decay; their figures."""
+    from selfsup_core.testing import derive_config
+
+    figures: dict[str, Any] = {"finetune_epochs": int(table.get("epochs", 100)), "finetune_recipe": table}
+    runs = (("finetune", {**table}, ["--checkpoint", str(checkpoint)]),
+            ("scratch", {**table, "layer_decay_rate": 1.0}, []))
+    for tag, evaluator, checkpoint_args in runs:
+        config = derive_config(derived, tmp / f"{tag}.toml", values={"evaluation.evaluators": [evaluator]})
+        out = tmp / f"{tag}.json"
+        print(f"{'fine-tuning the trained backbone' if tag == 'finetune' else 'training it from scratch'} "
+              f"({figures['finetune_epochs']} epochs) ...", flush=True)
+        command = [selfsup_run, "eval", str(config), *checkpoint_args, "--work-dir", str(tmp / tag), "--out", str(out),
+                   "--evaluator", "finetune", *device]
+        if cfg_options:
+            command += ["--cfg-options", *cfg_options]
+        seconds = run(command, tmp / f"{tag}.log")
+        results = json.loads(out.read_text())["results"]
+        figures.update({f"{tag}_top1": round(float(results["finetune_top1"]), 4),
+                        f"{tag}_top5": round(float(results["finetune_top5"]), 4),
+                        f"{tag}_seconds": round(seconds, 1)})
+    figures["scratch_recipe"] = "the same FineTune table with layer_decay_rate = 1.0, from the random initialisation"
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +137,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg-options", "--set", nargs="+", default=[], metavar="KEY=VALUE")
     parser.add_argument("--keep", type=Path, default=None, help="work dir to keep (default: a temporary one)")
     parser.add_argument("--linear", action="store_true", help="also score the checkpoint with the linear probe")
+    parser.add_argument("--finetune", action="store_true",
+                        help="also fine-tune the checkpoint (the config's FineTune evaluator) and train the same "
+                             "network from scratch with labels for the same epochs")
+    parser.add_argument("--finetune-epochs", type=int, default=None, metavar="N",
+                        help="fine-tuning epochs (default: the FineTune evaluator's)")
+    parser.add_argument("--data-root", type=Path, default=None, metavar="DIR",
+                        help="the Fashion-MNIST files' folder (default: the config's sources')")
+    parser.add_argument("--results", type=Path, default=RESULTS, metavar="DIR",
+                        help="where the results file goes (default: benchmarks/results)")
     parser.add_argument("--raw-pixels", choices=("run", "reference"), default="run",
                         help="score raw pixels on the same images ('run', default) or, for the full protocol "
                              "(--bank-samples 60000 --test-samples 10000), take the figure knn_reference.py "
@@ -97,10 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or algorithm.lower()
     selfsup_run = str(Path(sys.executable).with_name("selfsup-run"))
     device = ["--device", args.device] if args.device else []
+    finetune_table = finetune_evaluator(config, args.finetune_epochs) if args.finetune else None
 
     with tempfile.TemporaryDirectory() as tmp:
         work = args.keep or Path(tmp) / "train"
-        tables = subset_tables(config, args.train_samples, args.bank_samples, args.test_samples)
+        tables = subset_tables(config, args.train_samples, args.bank_samples, args.test_samples, args.data_root)
         values = {"runner.max_epochs": args.epochs, "evaluation.interval": args.epochs, "evaluation.initial": False}
         derived = derive_config(config_path, Path(tmp) / "derived.toml", replace=tables, values=values)
         train_cmd = [selfsup_run, str(derived), "--work-dir", str(work), *device]
@@ -125,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
                 linear_cmd += ["--cfg-options", *args.cfg_options]
             linear_seconds = run(linear_cmd, Path(tmp) / "linear.log")
             linear = {**json.loads(linear_out.read_text())["results"], "seconds": linear_seconds}
+
+        finetune: dict[str, Any] = {}
+        if finetune_table is not None:
+            finetune = fine_tune_and_scratch(derived, work / "latest.pth", finetune_table, Path(tmp), selfsup_run,
+                                             device, args.cfg_options)
 
         if args.raw_pixels == "reference":
             raw = recorded_raw_pixels()
@@ -152,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
              "--bank-samples", str(args.bank_samples), "--test-samples", str(args.test_samples), *device]
             + (["--raw-pixels", "reference"] if args.raw_pixels == "reference" else [])
             + (["--linear"] if args.linear else [])
+            + (["--finetune"] if args.finetune else [])
+            + (["--finetune-epochs", str(args.finetune_epochs)] if args.finetune_epochs else [])
+            + (["--data-root", str(args.data_root)] if args.data_root else [])
+            + (["--results", _shown(args.results)] if args.results.resolve() != RESULTS.resolve() else [])
             + (["--name", args.name] if args.name else [])
             + (["--cfg-options", *args.cfg_options] if args.cfg_options else [])),
         "note": args.note,
@@ -168,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             "linear_seconds": round(linear["seconds"], 1),
             "raw_pixel_linear_top1": round(float(raw["linear_top1"]), 4) if "linear_top1" in raw else None}
            if linear else {}),
+        **finetune,
         "raw_pixel_source": ("benchmarks/results/knn_reference.json (same 60000/10000 images)"
                              if args.raw_pixels == "reference" else "scored in this run on the same images"),
         "batch": int(config.data.get("data", {}).get("samples_per_gpu", 0)),
@@ -178,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
     }
-    out = RESULTS / f"fashion_mnist_{name}.json"
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"fashion_mnist_{name}.json"
     atomic_write_text(out, json.dumps(figures, indent=2) + "\n")
     print(f"{algorithm}: kNN top-1 {figures['knn_top1']:.4f} (raw pixels {figures['raw_pixel_knn_top1']:.4f} on the "
           f"same {args.bank_samples}/{args.test_samples} images) after {args.epochs} epochs on {args.train_samples} "
@@ -186,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     if linear:
         print(f"{algorithm}: linear probe top-1 {figures['linear_top1']:.4f} (raw pixels "
               f"{figures['raw_pixel_linear_top1']}) in {linear['seconds']:.0f} s")
-    print(f"wrote {out.relative_to(REPO)}")
+    if finetune:
+        print(f"{algorithm}: fine-tuned top-1 {figures['finetune_top1']:.4f}, the same network from scratch "
+              f"{figures['scratch_top1']:.4f} ({figures['finetune_epochs']} epochs each)")
+    print(f"wrote {_shown(out)}")
     return 0
 
 

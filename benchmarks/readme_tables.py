@@ -5,7 +5,9 @@ Two tables sit in README.md between marker comments and are rewritten by
 test suite runs, so a results file and the README cannot drift apart):
 
 * ``results:accuracy``: one row per ``[accuracy.<name>]`` entry of ``benchmarks/suite.toml``
-  that has a results file (``fashion_mnist_<name>.json``), plus the raw-pixel reference;
+  that has a results file, with a CPU column group (``fashion_mnist_<name>.json``) and a GPU
+  one (``gpu/fashion_mnist_<name>.json``, written only by ``run.py accuracy --gpu`` on a
+  CUDA device; the device is named in each row), plus the raw-pixel reference;
 * ``results:speed``: start-up time, trainer overhead, data-pipeline throughput and GPU
   images/s, from the files the ``[speed.*]`` entries name.
 
@@ -27,6 +29,7 @@ RESULTS = REPO / "benchmarks" / "results"
 README = REPO / "README.md"
 MARKERS = ("accuracy", "speed")
 FULL_PROTOCOL = (60000, 60000, 10000)
+GPU_RESULTS = RESULTS / "gpu"
 
 
 def load_suite(path: Path = REPO / "benchmarks" / "suite.toml") -> dict[str, Any]:
@@ -75,41 +78,71 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def accuracy_rows(suite: dict[str, Any], results: Path = RESULTS) -> tuple[list[list[str]], list[str]]:
-    """Rows of the accuracy table and the footnotes (protocol, source file and command per row)."""
+def _config_cell(config_path: str) -> str:
+    """The config's file name, linked to it when it is in the repository."""
+    name = Path(config_path).name
+    return f"[{name}]({config_path})" if (REPO / config_path).is_file() else name
+
+
+def _cpu_cells(record: dict[str, Any]) -> list[str]:
+    return [str(record["epochs"]), str(_batch(record) or "—"), _fmt(record.get("knn_top1")),
+            _fmt(record.get("linear_top1")), f"{record['train_seconds'] / 60:.1f}", _device(record)]
+
+
+def _gpu_cells(entry: dict[str, Any], record: dict[str, Any] | None) -> list[str]:
+    planned = int(entry.get("gpu_epochs", 0))
+    if record is None:
+        return [str(planned) if planned else "—", "—", "—", "—", "—",
+                "not run yet" if planned else "not in the GPU suite"]
+    finetune = (f"{record['finetune_top1']:.4f} ({record['scratch_top1']:.4f})"
+                if record.get("finetune_top1") is not None else "—")
+    return [str(record["epochs"]), _fmt(record.get("knn_top1")), _fmt(record.get("linear_top1")), finetune,
+            f"{record['train_seconds'] / 60:.1f}", _device(record)]
+
+
+def _source_note(label: str, file: Path, record: dict[str, Any], where: str = "") -> str:
+    return f"- {label}: [`{_rel(file)}`]({_rel(file)}){where}; `{record['command']}`"
+
+
+def accuracy_rows(suite: dict[str, Any], results: Path = RESULTS,
+                  gpu_results: Path | None = None) -> tuple[list[list[str]], list[str]]:
+    """Rows of the accuracy table (the CPU column group, then the GPU one) and the footnotes
+    (protocol, source file and command per run). A row appears once either run exists."""
+    gpu_results = results / "gpu" if gpu_results is None else gpu_results
     rows, notes = [], []
     for name, entry in suite.get("accuracy", {}).items():
-        file = results / f"fashion_mnist_{name}.json"
-        record = _read(file)
-        if record is None:
+        file, gpu_file = results / f"fashion_mnist_{name}.json", gpu_results / f"fashion_mnist_{name}.json"
+        record, gpu = _read(file), _read(gpu_file)
+        if gpu is not None and not (gpu.get("machine") or {}).get("cuda"):
+            raise SystemExit(f"{gpu_file}: not a GPU run (machine.cuda is empty); GPU results come from a GPU only")
+        if record is None and gpu is None:
             continue
-        protocol = (record["train_samples"], record["knn_bank_samples"], record["knn_test_samples"])
-        mark = "" if protocol == FULL_PROTOCOL else "*"
-        config = Path(record["config"]).name
-        rows.append([
-            f"{entry.get('label', name)}{mark}",
-            f"[{config}](examples/configs/{config})" if (REPO / "examples/configs" / config).is_file() else config,
-            str(record["epochs"]),
-            str(_batch(record) or "—"),
-            _fmt(record.get("knn_top1")),
-            _fmt(record.get("linear_top1")),
-            f"{record['train_seconds'] / 60:.1f}",
-            _device(record),
-        ])
-        where = "" if not mark else (
-            f" — {protocol[0]} training images, kNN bank {protocol[1]} / test {protocol[2]}; raw pixels on the "
-            f"same images: kNN {record['raw_pixel_knn_top1']:.4f}")
-        notes.append(f"- {entry.get('label', name)}: [`{_rel(file)}`]({_rel(file)}){where}; "
-                     f"`{record['command']}`")
+        label = entry.get("label", name)
+        mark = ""
+        if record is not None:
+            protocol = (record["train_samples"], record["knn_bank_samples"], record["knn_test_samples"])
+            mark = "" if protocol == FULL_PROTOCOL else "*"
+            where = "" if not mark else (
+                f" — {protocol[0]} training images, kNN bank {protocol[1]} / test {protocol[2]}; raw pixels on the "
+                f"same images: kNN {record['raw_pixel_knn_top1']:.4f}")
+            notes.append(_source_note(label, file, record, where))
+        if gpu is not None:
+            notes.append(_source_note(f"{label} (GPU)", gpu_file, gpu))
+        cpu = _cpu_cells(record) if record is not None else ["—"] * 5 + ["not run"]
+        rows.append([f"{label}{mark}", _config_cell((record or gpu)["config"]), *cpu, *_gpu_cells(entry, gpu)])
     reference = _read(results / "knn_reference.json")
     if reference is not None:
         raw = next(r for r in reference["raw_pixel_knn"] if r["features"] == "normalised pixels")
-        rows.append(["Raw pixels (reference)", "[extractor_raw-pixels_fashion-mnist.toml]"
-                     "(examples/configs/extractor_raw-pixels_fashion-mnist.toml)", "—", "—",
-                     _fmt(raw.get("knn_top1")), _fmt(raw.get("linear_top1")), "—", raw.get("device", "cpu").upper()])
+        rows.append(["Raw pixels (reference)", _config_cell("examples/configs/extractor_raw-pixels_fashion-mnist.toml"),
+                     "—", "—", _fmt(raw.get("knn_top1")), _fmt(raw.get("linear_top1")), "—",
+                     raw.get("device", "cpu").upper(), "—", "—", "—", "—", "—", "the same on any device"])
         notes.append(f"- Raw pixels: [`benchmarks/results/knn_reference.json`](benchmarks/results/knn_reference.json); "
                      f"`{raw['command']}`")
     return rows, notes
+
+
+ACCURACY_HEADER = ["Method", "Config", "CPU: epochs", "batch", "kNN top-1", "linear top-1", "minutes", "device",
+                   "GPU: epochs", "kNN top-1", "linear top-1", "fine-tuned (scratch)", "minutes", "device"]
 
 
 def speed_rows(suite: dict[str, Any], results: Path = RESULTS) -> tuple[list[list[str]], list[str]]:
@@ -171,12 +204,17 @@ def render(suite: dict[str, Any], results: Path = RESULTS) -> dict[str, str]:
     """The Markdown of each marked block."""
     rows, notes = accuracy_rows(suite, results)
     accuracy = "\n".join([
-        markdown_table(["Method", "Config", "Epochs", "Batch", "kNN top-1", "Linear top-1", "Minutes", "Device"], rows),
+        markdown_table(ACCURACY_HEADER, rows),
         "",
-        "\\* a shorter protocol (see its source below). kNN: weighted, k = 200, T = 0.1, bank = training images, "
-        "scored on the test images. Linear: BN + linear layer on frozen features, SGD, 100 epochs. "
-        "Minutes: pre-training wall time. Linear top-1 —: that run predates the linear probe in the suite "
-        "(`python benchmarks/run.py accuracy NAME` measures both). Sources:",
+        "Two column groups: CPU-sized runs (`python benchmarks/run.py accuracy NAME`; ResNet-18 narrowed to width "
+        "16 or a narrowed ViT, a few epochs) and the GPU schedule (`python benchmarks/run.py accuracy --gpu NAME`: "
+        "each config's own network, 100 epochs for most methods, see `benchmarks/suite.toml`). "
+        "\\* a shorter CPU protocol (see its source below); every GPU run uses the full one. kNN: weighted, "
+        "k = 200, T = 0.1, bank = the 60k training images, scored on the 10k test images. Linear: BN + linear "
+        "layer on frozen features, SGD, 100 epochs. Fine-tuned (scratch): the whole network fine-tuned with "
+        "labels (the config's `FineTune` evaluator) and, in brackets, the same network trained the same way "
+        "from its random initialisation. Minutes: pre-training wall time. linear top-1 —: that run predates "
+        "the linear probe in the suite. GPU \"not run yet\": no GPU has run that entry so far. Sources:",
         "",
         *notes,
     ])

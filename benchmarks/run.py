@@ -1,7 +1,8 @@
 """One entry point for the benchmarks: the accuracy suite, the speed suite and the README
 tables generated from their results.
 
-    python benchmarks/run.py accuracy [NAME ...] [--no-linear] [--device DEV] [--gpu] [--dry-run]
+    python benchmarks/run.py accuracy [NAME ...] [--no-linear] [--device DEV] [--dry-run]
+    python benchmarks/run.py accuracy --gpu [NAME ...] [--missing] [--epochs N] [--results DIR] [--smoke]
     python benchmarks/run.py speed [NAME ...] [--dry-run]
     python benchmarks/run.py table [--check]
     python benchmarks/run.py gpu [--device cpu --smoke] [--out FILE] [--items a,b,c,d]
@@ -11,9 +12,17 @@ tables generated from their results.
   given) pre-trains its Fashion-MNIST config with ``fashion_mnist_pretrain.py`` and scores
   it by kNN and (unless ``--no-linear``) the linear probe, writing
   ``benchmarks/results/fashion_mnist_NAME.json``. The entries hold CPU-sized schedules
-  (ResNet-18 at width 16, a few epochs). ``--gpu`` drops their ``--cfg-options`` and runs
-  each config's own network on the full protocol (60k training images, kNN bank 60k, 10k
-  test images) for ``--epochs`` (default 100) epochs instead: the GPU schedule.
+  (ResNet-18 at width 16, a few epochs).
+* ``accuracy --gpu``: the GPU schedule. Each entry's config at its own network (no CPU
+  ``--cfg-options``; its ``gpu_cfg_options`` instead) on the full protocol (60k training
+  images, kNN bank 60k, 10k test images) for its ``gpu_epochs`` (``--epochs`` overrides;
+  entries with 0 are left out), kNN and linear probe, and for ``gpu_finetune`` entries
+  (MAE, SimMIM) fine-tuning against the same network trained from scratch. Writes
+  ``benchmarks/results/gpu/fashion_mnist_NAME.json``, which needs a CUDA device; ``--missing``
+  runs only the entries without such a file (one GPU sitting after another), ``--results
+  DIR`` writes elsewhere (e.g. ``$OUT`` on a lent machine). ``--smoke --results DIR`` runs
+  the same commands on 256/256/128 images for 1 epoch (1 fine-tuning epoch) on any device:
+  the check to run on a CPU before a GPU sitting.
 * ``speed``: each ``[speed.NAME]`` script (start-up time, trainer overhead against a plain
   loop, data-pipeline throughput, and on a GPU ResNet-50 trainer overhead and SimCLR
   images/s at 224 px); entries with ``needs = "cuda"`` are skipped without a GPU.
@@ -39,14 +48,15 @@ from typing import Any
 import readme_tables
 
 REPO = Path(__file__).resolve().parents[1]
+GPU_RESULTS = readme_tables.GPU_RESULTS
+SMOKE_PROTOCOL = (256, 256, 128)
 
 
-def accuracy_command(name: str, entry: dict[str, Any], *, linear: bool, device: str | None,
-                     gpu_epochs: int | None) -> list[str]:
-    """The ``fashion_mnist_pretrain.py`` command line of one accuracy entry."""
-    samples = readme_tables.FULL_PROTOCOL if gpu_epochs else (entry["train_samples"], entry["bank_samples"], entry["test_samples"])
+def accuracy_command(name: str, entry: dict[str, Any], *, linear: bool, device: str | None) -> list[str]:
+    """The ``fashion_mnist_pretrain.py`` command line of one accuracy entry's CPU-sized schedule."""
+    samples = (entry["train_samples"], entry["bank_samples"], entry["test_samples"])
     command = [sys.executable, "benchmarks/fashion_mnist_pretrain.py", entry["config"],
-               "--epochs", str(gpu_epochs or entry["epochs"]), "--train-samples", str(samples[0]),
+               "--epochs", str(entry["epochs"]), "--train-samples", str(samples[0]),
                "--bank-samples", str(samples[1]), "--test-samples", str(samples[2]), "--name", name]
     if device:
         command += ["--device", device]
@@ -54,12 +64,45 @@ def accuracy_command(name: str, entry: dict[str, Any], *, linear: bool, device: 
         command += ["--raw-pixels", "reference"]
     if linear:
         command.append("--linear")
-    if entry.get("note") and not gpu_epochs:
+    if entry.get("note"):
         command += ["--note", entry["note"]]
-    options = [] if gpu_epochs else list(entry.get("cfg_options", []))
+    if entry.get("cfg_options"):
+        command += ["--cfg-options", *entry["cfg_options"]]
+    return command
+
+
+def gpu_accuracy_command(name: str, entry: dict[str, Any], *, linear: bool, device: str | None, epochs: int | None,
+                         results: Path, smoke: bool = False) -> list[str]:
+    """The ``fashion_mnist_pretrain.py`` command line of one entry's GPU schedule (see the
+    module docstring); ``smoke``: the same on a few images for one epoch."""
+    samples = SMOKE_PROTOCOL if smoke else readme_tables.FULL_PROTOCOL
+    command = [sys.executable, "benchmarks/fashion_mnist_pretrain.py", entry["config"],
+               "--epochs", str(1 if smoke else epochs or entry["gpu_epochs"]), "--train-samples", str(samples[0]),
+               "--bank-samples", str(samples[1]), "--test-samples", str(samples[2]), "--name", name,
+               "--results", str(results)]
+    if device:
+        command += ["--device", device]
+    if not smoke:
+        command += ["--raw-pixels", "reference"]
+    if linear:
+        command.append("--linear")
+    if entry.get("gpu_finetune"):
+        command += ["--finetune", *(["--finetune-epochs", "1"] if smoke else [])]
+    options = list(entry.get("gpu_cfg_options", []))
+    if smoke and "memory_bank" in Path(REPO / entry["config"]).read_text():
+        options.append(f"model.memory_bank.length={samples[0]}")  # a memory bank holds one slot per image
     if options:
         command += ["--cfg-options", *options]
     return command
+
+
+def gpu_entries(entries: dict[str, Any], *, missing: bool, results: Path) -> dict[str, Any]:
+    """The entries in the GPU suite (``gpu_epochs`` > 0), without those that have a results
+    file in ``results`` when ``missing``."""
+    chosen = {n: e for n, e in entries.items() if e.get("gpu_epochs", 0) > 0}
+    if missing:
+        chosen = {n: e for n, e in chosen.items() if not (results / f"fashion_mnist_{n}.json").is_file()}
+    return chosen
 
 
 def speed_command(entry: dict[str, Any]) -> list[str]:
@@ -100,6 +143,21 @@ def run_all(commands: list[tuple[str, list[str] | str]], dry_run: bool) -> list[
     return failed
 
 
+def gpu_problem(args: argparse.Namespace) -> str | None:
+    """Why the ``--gpu`` options of ``args`` cannot run here (one line), or None. The GPU
+    results files are written only by a run on a CUDA device, never filled from a CPU."""
+    if args.suite != "accuracy" or not args.gpu:
+        return "--epochs, --missing, --results and --smoke go with: accuracy --gpu"
+    if args.smoke and args.results is None:
+        return "--smoke needs --results DIR (a smoke run must not write benchmarks/results/gpu)"
+    if args.epochs is not None and args.epochs < 1:
+        return f"--epochs must be >= 1, got {args.epochs}"
+    if args.results is None and not args.dry_run and (not has_cuda() or (args.device or "cuda").startswith("cpu")):
+        return (f"no CUDA device here: {GPU_RESULTS.relative_to(REPO)} holds GPU runs only; check the commands on a "
+                "CPU with --smoke --results DIR")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     if argv is None:
@@ -115,8 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="entries of benchmarks/suite.toml (default: all)")
     parser.add_argument("--no-linear", dest="linear", action="store_false", help="kNN only (saves a minute per entry)")
     parser.add_argument("--device", default=None, help="passed to every pre-training (default: the config's)")
-    parser.add_argument("--gpu", action="store_true", help="each config's own network and --epochs epochs")
-    parser.add_argument("--epochs", type=int, default=100, help="epochs per method with --gpu (default 100)")
+    parser.add_argument("--gpu", action="store_true", help="accuracy: the GPU schedule (see above)")
+    parser.add_argument("--epochs", type=int, default=None, help="with --gpu: epochs for every entry (default: "
+                                                                 "each entry's gpu_epochs)")
+    parser.add_argument("--missing", action="store_true", help="with --gpu: only entries without a results file")
+    parser.add_argument("--results", type=Path, default=None, metavar="DIR",
+                        help=f"with --gpu: where the results go (default: {GPU_RESULTS.relative_to(REPO)})")
+    parser.add_argument("--smoke", action="store_true", help="with --gpu --results DIR: 256 images, 1 epoch")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--check", action="store_true", help="table: exit 1 when README.md is out of date")
     args = parser.parse_args(argv)
@@ -132,10 +195,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     commands: list[tuple[str, list[str] | str]] = []
-    if args.suite in ("accuracy", "all"):
+    if args.gpu or args.smoke or args.missing or args.results or args.epochs:
+        problem = gpu_problem(args)
+        if problem:
+            print(f"run.py accuracy --gpu: {problem}", file=sys.stderr)
+            return 2
+        results = (args.results or GPU_RESULTS).resolve()
+        entries = gpu_entries(select(suite["accuracy"], args.names, "accuracy"), missing=args.missing, results=results)
+        commands += [(f"accuracy.{name}", gpu_accuracy_command(name, entry, linear=args.linear, device=args.device,
+                                                               epochs=args.epochs, results=results, smoke=args.smoke))
+                     for name, entry in entries.items()]
+        if not commands:
+            print(f"no GPU accuracy entry left to run (results in {results})")
+    elif args.suite in ("accuracy", "all"):
         entries = select(suite["accuracy"], args.names if args.suite == "accuracy" else [], "accuracy")
-        commands += [(f"accuracy.{name}", accuracy_command(name, entry, linear=args.linear, device=args.device,
-                                                           gpu_epochs=args.epochs if args.gpu else None))
+        commands += [(f"accuracy.{name}", accuracy_command(name, entry, linear=args.linear, device=args.device))
                      for name, entry in entries.items()]
     if args.suite in ("speed", "all"):
         entries = select(suite["speed"], args.names if args.suite == "speed" else [], "speed")

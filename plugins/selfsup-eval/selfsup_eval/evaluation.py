@@ -243,8 +243,13 @@ def build_evaluators(config: Config, chosen: Sequence[tuple[KeyPath, dict[str, A
     return [(name, builder.construct(plan)) for name, plan in planned]
 
 
-def run_evaluators(evaluators: Sequence[tuple[str, Any]], context: EvalContext) -> dict[str, Any]:
-    """Run each evaluator with ``context`` (RNG state kept outside); merged results."""
+def run_evaluators(evaluators: Sequence[tuple[str, Any]], context: EvalContext, source: str | None = None
+                   ) -> dict[str, Any]:
+    """Run each evaluator with ``context`` (RNG state kept outside); merged results.
+
+    An evaluator states what is wrong with its input (too few images for its batch, no
+    labels, ...) by raising ``ValueError``; with ``source`` (the config's file name) that
+    becomes one :class:`SelfSupError` line naming the file and the evaluator."""
     results: dict[str, Any] = {}
     devices = [context.device] if context.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -253,7 +258,13 @@ def run_evaluators(evaluators: Sequence[tuple[str, Any]], context: EvalContext) 
             evaluate = getattr(evaluator, "evaluate", None)
             if not callable(evaluate):
                 raise SelfSupError(f"evaluator {name} has no evaluate(context) method")
-            output = evaluate(context)
+            try:
+                output = evaluate(context)
+            except ValueError as exc:
+                if source is None:
+                    raise
+                text = str(exc).removeprefix(f"{name}: ")
+                raise SelfSupError(f"{source}: [[evaluation.evaluators]] {name}: {text}") from exc
             if not isinstance(output, Mapping):
                 raise SelfSupError(f"{name}.evaluate must return a dict of results, got {type(output).__name__}")
             results.update(output)
@@ -434,7 +445,7 @@ def evaluate_checkpoint(
         where = f"{checkpoint} (epoch {meta['epoch']})" if "epoch" in meta else (checkpoint or "the model as initialised")
         context.message(f"evaluating {where} with {', '.join(n for n, _ in built)} on {torch_device}")
     start = time.perf_counter()
-    results = run_evaluators(built, context)
+    results = run_evaluators(built, context, source=config.filename)
     record = {
         "config": str(config.filename),
         "checkpoint": read[0] if read else None,

@@ -157,3 +157,15 @@ def test_an_evaluation_dataset_typo_is_reported_before_training(trained, tmp_pat
     assert result.returncode == 2
     assert "evaluation.test.data_source.fiel: unknown argument of NumpyArrays" in result.stderr
     assert not (tmp_path / "run" / "latest.pth").exists()
+
+
+def test_an_evaluator_refusing_its_input_is_one_line_naming_the_config(trained, tmp_path):
+    config = tmp_path / "big_batch.toml"
+    config.write_text(trained["config"].read_text().replace("batch_size = 32", "batch_size = 500\ncache_features = false"), encoding="utf-8")
+    result = _selfsup(["eval", str(config), "--checkpoint", str(trained["work"] / "latest.pth"),
+                       "--evaluator", "linear", "--work-dir", str(tmp_path)], trained["env"], trained["root"])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {config}: [[evaluation.evaluators]] LinearProbe: the [evaluation.train] dataset has 90 samples, "
+        "fewer than batch_size * world_size = 500; lower batch_size")
