@@ -32,6 +32,11 @@ def run(command: list[str], log: Path) -> float:
     return seconds
 
 
+def repo_relative(path: Path) -> str:
+    """``path`` relative to the repository root when it lies inside it, else as it is."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def precision_of(header: str) -> str | None:
     """The precision a ``selfsup-run`` start-up line reports (``bf16``, ``fp16``, ``fp32``)."""
     match = re.search(r"precision (\w+)", header)

@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _subprocess import exit_on_sigterm, precision_of, run
+from _subprocess import exit_on_sigterm, precision_of, repo_relative, run
 from selfsup_core.fileio import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,11 +72,6 @@ def subset_tables(config: Any, train_samples: int, bank_samples: int, test_sampl
         source = {**node, "root": str(root)} if root is not None else node
         tables[dotted] = {"type": "Subset", "num_samples": count, "seed": 0, "source": source}
     return tables
-
-
-def _shown(path: Path) -> str:
-    """``path`` relative to the repository when it is inside it."""
-    return str(path.resolve().relative_to(REPO)) if path.resolve().is_relative_to(REPO) else str(path)
 
 
 def finetune_evaluator(config: Any, epochs: int | None) -> dict[str, Any]:
@@ -217,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     figures = {
-        "config": str(config_path.relative_to(REPO)) if config_path.is_relative_to(REPO) else str(config_path),
+        "config": repo_relative(config_path),
         "algorithm": algorithm,
         "command": "python benchmarks/fashion_mnist_pretrain.py " + " ".join(
             [str(args.config), "--epochs", str(args.epochs), "--train-samples", str(args.train_samples),
@@ -227,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             + (["--finetune"] if args.finetune else [])
             + (["--finetune-epochs", str(args.finetune_epochs)] if args.finetune_epochs else [])
             + (["--data-root", str(args.data_root)] if args.data_root else [])
-            + (["--results", _shown(args.results)] if args.results.resolve() != RESULTS.resolve() else [])
+            + (["--results", repo_relative(args.results.resolve())] if args.results.resolve() != RESULTS.resolve() else [])
             + (["--name", args.name] if args.name else [])
             + (["--cfg-options", *args.cfg_options] if args.cfg_options else [])),
         "note": args.note,
@@ -267,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     if finetune:
         print(f"{algorithm}: fine-tuned top-1 {figures['finetune_top1']:.4f}, the same network from scratch "
               f"{figures['scratch_top1']:.4f} ({figures['finetune_epochs']} epochs each)")
-    print(f"wrote {_shown(out)}")
+    print(f"wrote {repo_relative(out.resolve())}")
     return 0
 
 

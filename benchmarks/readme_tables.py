@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from _subprocess import precision_of
+from _subprocess import precision_of, repo_relative
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -70,10 +70,6 @@ def _batch(record: dict[str, Any]) -> int | None:
     return None
 
 
-def _rel(path: Path) -> str:
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
-
-
 def _fmt(value: Any, digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -101,17 +97,16 @@ def _gpu_cells(entry: dict[str, Any], record: dict[str, Any] | None) -> list[str
 
 
 def _source_note(label: str, file: Path, record: dict[str, Any], where: str = "") -> str:
-    return f"- {label}: [`{_rel(file)}`]({_rel(file)}){where}; `{record['command']}`"
+    return f"- {label}: [`{repo_relative(file)}`]({repo_relative(file)}){where}; `{record['command']}`"
 
 
-def accuracy_rows(suite: dict[str, Any], results: Path = RESULTS,
-                  gpu_results: Path | None = None) -> tuple[list[list[str]], list[str]]:
-    """Rows of the accuracy table (the CPU column group, then the GPU one) and the footnotes
-    (protocol, source file and command per run). A row appears once either run exists."""
-    gpu_results = results / "gpu" if gpu_results is None else gpu_results
+def accuracy_rows(suite: dict[str, Any], results: Path = RESULTS) -> tuple[list[list[str]], list[str]]:
+    """Rows of the accuracy table (the CPU column group from ``results``, then the GPU one from
+    ``results/gpu``) and the footnotes (protocol, source file and command per run). A row
+    appears once either run exists."""
     rows, notes = [], []
     for name, entry in suite.get("accuracy", {}).items():
-        file, gpu_file = results / f"fashion_mnist_{name}.json", gpu_results / f"fashion_mnist_{name}.json"
+        file, gpu_file = results / f"fashion_mnist_{name}.json", results / "gpu" / f"fashion_mnist_{name}.json"
         record, gpu = _read(file), _read(gpu_file)
         if gpu is not None and not (gpu.get("machine") or {}).get("cuda"):
             raise SystemExit(f"{gpu_file}: not a GPU run (machine.cuda is empty); GPU results come from a GPU only")
@@ -158,7 +153,7 @@ def speed_rows(suite: dict[str, Any], results: Path = RESULTS) -> tuple[list[lis
             continue
         for figure, device in _speed_figures(name, record):
             rows.append([name, figure, device])
-        notes.append(f"- {name}: [`{_rel(file)}`]({_rel(file)}); `{record.get('command', '')}`")
+        notes.append(f"- {name}: [`{repo_relative(file)}`]({repo_relative(file)}); `{record.get('command', '')}`")
     return rows, notes
 
 

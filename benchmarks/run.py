@@ -42,6 +42,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,48 +53,50 @@ GPU_RESULTS = readme_tables.GPU_RESULTS
 SMOKE_PROTOCOL = (256, 256, 128)
 
 
-def accuracy_command(name: str, entry: dict[str, Any], *, linear: bool, device: str | None) -> list[str]:
-    """The ``fashion_mnist_pretrain.py`` command line of one accuracy entry's CPU-sized schedule."""
-    samples = (entry["train_samples"], entry["bank_samples"], entry["test_samples"])
-    command = [sys.executable, "benchmarks/fashion_mnist_pretrain.py", entry["config"],
-               "--epochs", str(entry["epochs"]), "--train-samples", str(samples[0]),
+def _pretrain_command(name: str, config: str, epochs: int, samples: tuple[int, int, int], *, linear: bool,
+                      device: str | None, options: list[str], results: Path | None = None,
+                      extra: Sequence[str] = ()) -> list[str]:
+    """A ``fashion_mnist_pretrain.py`` command line writing to ``results`` (default: its own),
+    ``extra`` arguments after the common ones, ``options`` as its ``--cfg-options``; raw pixels
+    from the recorded reference on the full protocol, scored in the run otherwise."""
+    command = [sys.executable, "benchmarks/fashion_mnist_pretrain.py", config,
+               "--epochs", str(epochs), "--train-samples", str(samples[0]),
                "--bank-samples", str(samples[1]), "--test-samples", str(samples[2]), "--name", name]
+    if results is not None:
+        command += ["--results", str(results)]
     if device:
         command += ["--device", device]
     if samples == readme_tables.FULL_PROTOCOL:
         command += ["--raw-pixels", "reference"]
     if linear:
         command.append("--linear")
-    if entry.get("note"):
-        command += ["--note", entry["note"]]
-    if entry.get("cfg_options"):
-        command += ["--cfg-options", *entry["cfg_options"]]
+    command += list(extra)
+    if options:
+        command += ["--cfg-options", *options]
     return command
+
+
+def accuracy_command(name: str, entry: dict[str, Any], *, linear: bool, device: str | None) -> list[str]:
+    """The ``fashion_mnist_pretrain.py`` command line of one accuracy entry's CPU-sized schedule."""
+    return _pretrain_command(name, entry["config"], entry["epochs"],
+                             (entry["train_samples"], entry["bank_samples"], entry["test_samples"]),
+                             linear=linear, device=device, extra=["--note", entry["note"]] if entry.get("note") else [],
+                             options=list(entry.get("cfg_options", [])))
 
 
 def gpu_accuracy_command(name: str, entry: dict[str, Any], *, linear: bool, device: str | None, epochs: int | None,
                          results: Path, smoke: bool = False) -> list[str]:
     """The ``fashion_mnist_pretrain.py`` command line of one entry's GPU schedule (see the
     module docstring); ``smoke``: the same on a few images for one epoch."""
+    from selfsup_core.config import load_config
+
     samples = SMOKE_PROTOCOL if smoke else readme_tables.FULL_PROTOCOL
-    command = [sys.executable, "benchmarks/fashion_mnist_pretrain.py", entry["config"],
-               "--epochs", str(1 if smoke else epochs or entry["gpu_epochs"]), "--train-samples", str(samples[0]),
-               "--bank-samples", str(samples[1]), "--test-samples", str(samples[2]), "--name", name,
-               "--results", str(results)]
-    if device:
-        command += ["--device", device]
-    if not smoke:
-        command += ["--raw-pixels", "reference"]
-    if linear:
-        command.append("--linear")
-    if entry.get("gpu_finetune"):
-        command += ["--finetune", *(["--finetune-epochs", "1"] if smoke else [])]
+    extra = ["--finetune", *(["--finetune-epochs", "1"] if smoke else [])] if entry.get("gpu_finetune") else []
     options = list(entry.get("gpu_cfg_options", []))
-    if smoke and "memory_bank" in Path(REPO / entry["config"]).read_text():
+    if smoke and "memory_bank" in load_config(REPO / entry["config"]).data.get("model", {}):
         options.append(f"model.memory_bank.length={samples[0]}")  # a memory bank holds one slot per image
-    if options:
-        command += ["--cfg-options", *options]
-    return command
+    return _pretrain_command(name, entry["config"], 1 if smoke else epochs or entry["gpu_epochs"], samples,
+                             linear=linear, device=device, options=options, results=results, extra=extra)
 
 
 def gpu_entries(entries: dict[str, Any], *, missing: bool, results: Path) -> dict[str, Any]:
